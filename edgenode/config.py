@@ -1,0 +1,878 @@
+"""YAML -> frozen, validated config objects; nothing else in edgenode sees raw YAML.
+
+SPEC §3 is the authority. Where it is silent, the loader follows these rules:
+
+- Problems are collected, then raised once as a `ConfigError`; nothing else is raised.
+  Each names a dotted path (`domains.www.example.com.origins[1].port`), with domain
+  keys as written in the file, the bad value, and what would be accepted.
+- Duplicate keys in any YAML mapping are problems (`<<` merge keys excepted).
+- `domains` must hold at least one domain: an edge without one answers 421 to everything.
+  Wildcard domains (`*.example.com`) are not supported in this version.
+- A null `admin`, `tls`, `timeouts`, `limits` or domain `timeouts` block means "all
+  defaults" (its keys are commented out). A null `origin_sni` block is a problem: whether
+  it meant on or off is unclear, as a present block turns SNI on.
+- `origin_sni` enabled without `value` sends `origin_host`, so that must then be valid SNI
+  (a domain name, not an IP literal) unless every origin has its own `sni`.
+- `origin_sni.enabled` and `origins[].sni` are problems on an `http` domain.
+- `origin_host` and `origins[].address` may be IP literals, kept as written with the
+  brackets of IPv6 removed; names are normalised (`edgenode.hostnames`).
+- `listen` and `admin.listen` are parsed with Twisted against an in-memory reactor, so
+  nothing is bound; TCP and SSL ports must also be 0..65535.
+- Timeouts are finite numbers of seconds above 0; `tls.ca_file` must exist and hold at
+  least one PEM certificate; `tls.min_version` also takes the YAML numbers 1.2 and 1.3.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import reprlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final, Literal
+
+import attrs
+import yaml
+from twisted.internet.endpoints import (
+    SSL4ServerEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    serverFromString,
+)
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactor
+
+from edgenode.errors import ConfigError, Problem
+from edgenode.hostnames import is_ip_literal, normalize_hostname, strip_ip_brackets, validate_sni
+
+STDOUT = "-"  # access_log value meaning "write to stdout"
+
+
+@attrs.frozen
+class Timeouts:
+    """Back-to-origin timeouts in seconds (SPEC §3 `timeouts`)."""
+
+    connect: float = 5.0
+    tls_handshake: float = 5.0
+    response_header: float = 30.0
+    body_idle: float = 30.0
+    idle: float = 60.0
+
+
+@attrs.frozen
+class Limits:
+    """Client-side limits and origin concurrency (SPEC §3 `limits`)."""
+
+    client_header_timeout: float = 10.0
+    client_idle_timeout: float = 60.0
+    max_header_bytes: int = 16384
+    max_body_bytes: int = 104857600  # 0 = no limit
+    origin_max_connections: int = 256
+    origin_queue_timeout: float = 5.0
+
+
+@attrs.frozen
+class TLSSettings:
+    """How origins are verified: the trust store and the lowest TLS version offered."""
+
+    ca_file: Path | None = None  # None = the system trust store
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+
+@attrs.frozen
+class AdminSettings:
+    listen: str = "tcp:8081:interface=127.0.0.1"
+    token_file: Path = Path("admin.token")
+
+
+@attrs.frozen
+class OriginSNI:
+    enabled: bool = False
+    value: str | None = None  # normalised; None = use the domain's origin_host
+
+
+@attrs.frozen
+class Origin:
+    """One origin server of a domain, as the operator configured it."""
+
+    address: str  # IP literal or DNS name to connect to (normalised)
+    port: int
+    priority: int = 1
+    weight: int = 1
+    sni: str | None = None  # normalised; None = inherit from the domain
+
+
+@attrs.frozen
+class Domain:
+    """One accelerated domain: how to reach its origins and what to tell them."""
+
+    name: str  # normalised: lower case, no trailing dot, A-label
+    origins: tuple[Origin, ...]
+    origin_protocol: Literal["https", "http"] = "https"
+    origin_host: str = ""  # Host header sent back-to-origin; the loader fills in `name`
+    origin_sni: OriginSNI = OriginSNI()
+    verify: bool = True
+    timeouts: Timeouts = Timeouts()
+
+    def sni_for(self, origin: Origin) -> str | None:
+        """The SNI sent to `origin`: its own, else the domain's when enabled, else none."""
+        if self.origin_protocol != "https":
+            return None
+        if origin.sni is not None:
+            return origin.sni
+        if self.origin_sni.enabled:
+            return self.origin_sni.value or self.origin_host
+        return None
+
+    def verify_name_for(self, origin: Origin) -> str:
+        """The name the certificate must cover: the SNI sent, else origin_host."""
+        return self.sni_for(origin) or self.origin_host
+
+
+@attrs.frozen
+class Config:
+    """A complete, validated edgenode config. Built only by `load_config`/`parse_config`."""
+
+    listen: str = "tcp:8080"
+    admin: AdminSettings = AdminSettings()
+    access_log: Path | Literal["-"] | None = None  # None = no access log
+    tls: TLSSettings = TLSSettings()
+    timeouts: Timeouts = Timeouts()
+    limits: Limits = Limits()
+    domains: Mapping[str, Domain] = attrs.field(
+        factory=lambda: MappingProxyType({}), converter=lambda d: MappingProxyType(dict(d))
+    )
+    source: Path | None = None  # the file it was read from, if any
+
+
+# --- Loading -------------------------------------------------------------------------------
+#
+# Every reader below records problems instead of raising, and returns a stand-in value so
+# that reading can go on and find the next problem. The stand-ins never escape: any problem
+# means a ConfigError, raised once with all of them.
+
+_ABSENT: Final = object()  # a key that is not in its mapping
+_YAML_PATH: Final = "(yaml)"  # the path of problems in the YAML text itself
+_MERGE_TAG: Final = "tag:yaml.org,2002:merge"
+
+_TOP_LEVEL_KEYS: Final = ("listen", "admin", "access_log", "tls", "timeouts", "limits", "domains")
+_ADMIN_KEYS: Final = ("listen", "token_file")
+_TLS_KEYS: Final = ("ca_file", "min_version")
+_TIMEOUT_KEYS: Final = tuple(field.name for field in attrs.fields(Timeouts))
+_DOMAIN_KEYS: Final = (
+    "origin_protocol",
+    "origin_host",
+    "origin_sni",
+    "verify",
+    "timeouts",
+    "origins",
+)
+_ORIGIN_SNI_KEYS: Final = ("enabled", "value")
+_ORIGIN_KEYS: Final = ("address", "port", "priority", "weight", "sni")
+_PROTOCOLS: Final = ("https", "http")
+_TLS_VERSIONS: Final = ("1.2", "1.3")
+_ENDPOINT_EXAMPLE: Final = "e.g. 'tcp:8080:interface=127.0.0.1'"
+_PEM_CERTIFICATE: Final = b"-----BEGIN CERTIFICATE-----"
+
+_DEFAULT_CONFIG: Final = Config()
+_DEFAULT_ADMIN: Final = AdminSettings()
+_DEFAULT_TLS: Final = TLSSettings()
+
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel = 3
+_SHORT_REPR.maxstring = 80
+_SHORT_REPR.maxother = 80
+_SHORT_REPR.maxlist = _SHORT_REPR.maxtuple = _SHORT_REPR.maxdict = _SHORT_REPR.maxset = 4
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the config file at `path`; relative paths in it are relative to it.
+
+    Raises `ConfigError` (never anything else) listing every problem, including a file that
+    cannot be read or is not UTF-8.
+    """
+    source = str(path)
+    text = _read_config_text(Path(path), source)
+    return parse_config(text, base_dir=Path(path).parent, source=source)
+
+
+def _read_config_text(path: Path, source: str) -> str:
+    """The config file's text; a file that cannot be read or decoded is a `ConfigError`."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        reason = f"the file is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
+    except OSError as exc:
+        reason = (
+            f"cannot read the config file ({exc.strerror or exc}); give the path of a YAML file"
+        )
+    except ValueError as exc:  # e.g. a NUL character in the path
+        reason = f"cannot read the config file ({exc}); give the path of a YAML file"
+    raise ConfigError([Problem("", reason)], source=source)
+
+
+def parse_config(text: str, *, base_dir: Path, source: str | None = None) -> Config:
+    """Validate the YAML document `text` into a `Config`, or raise `ConfigError` with every problem.
+
+    The YAML must be one document (`yaml.safe_load` rules, YAML 1.1: `yes`/`no` are booleans).
+    A key given twice in one mapping is a problem (plain PyYAML silently keeps the last).
+    Relative paths are resolved against `base_dir`; `source` names the text in messages.
+    """
+    problems: list[Problem] = []
+    data = _load_yaml(text, problems)
+    if data is _ABSENT:
+        raise ConfigError(problems, source=source)
+    return _build_config(data, Path(base_dir), source, problems)
+
+
+def config_from_mapping(
+    data: Mapping[str, Any], *, base_dir: Path, source: str | None = None
+) -> Config:
+    """Validate already-parsed config data (as `yaml.safe_load` would give) into a `Config`.
+
+    The same rules as `parse_config`, for configs built in memory (the demo, tests).
+    Whatever `data` holds, the result is a `Config` or a `ConfigError`.
+    """
+    return _build_config(data, Path(base_dir), source, [])
+
+
+def _build_config(
+    data: object, base_dir: Path, source: str | None, problems: list[Problem]
+) -> Config:
+    """Read the top-level mapping, then raise once if anything (so far or now) was wrong."""
+    config = Config()
+    if data is None:
+        problems.append(
+            Problem(
+                "",
+                f"the config is empty; expected a mapping with the keys {_list(_TOP_LEVEL_KEYS)}",
+            )
+        )
+    elif not isinstance(data, Mapping):
+        problems.append(Problem("", f"the config must be a mapping of settings, got {_show(data)}"))
+    else:
+        top = _Section(data, "", problems, Path(os.path.abspath(base_dir)))
+        config = _read_config(top, Path(source) if source is not None else None)
+    if problems:
+        raise ConfigError(problems, source=source)
+    return config
+
+
+# --- YAML ----------------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that also finds keys given twice in one mapping.
+
+    PyYAML keeps the last of duplicate keys without a word; for a config that silently
+    drops settings. The check walks the composed node tree, so each duplicate is reported
+    with its dotted path and both line numbers, and all of them are reported at once.
+    """
+
+    def duplicate_key_problems(self, root: yaml.Node) -> list[Problem]:
+        problems: list[Problem] = []
+        visited: set[int] = set()  # anchors and aliases may share (or loop back to) a node
+        stack: list[tuple[yaml.Node, str]] = [(root, "")]
+        while stack:
+            node, path = stack.pop()
+            if id(node) in visited:
+                continue
+            visited.add(id(node))
+            children: list[tuple[yaml.Node, str]] = []
+            if isinstance(node, yaml.MappingNode):
+                children = self._mapping_children(node, path, problems)
+            elif isinstance(node, yaml.SequenceNode):
+                children = [(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+            stack.extend(reversed(children))
+        return problems
+
+    @staticmethod
+    def _mapping_children(
+        node: yaml.MappingNode, path: str, problems: list[Problem]
+    ) -> list[tuple[yaml.Node, str]]:
+        first_seen: dict[tuple[str, str], yaml.Mark] = {}
+        children: list[tuple[yaml.Node, str]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:  # `<<: *anchor` merges; later keys override on purpose
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key_path = _join(path, key_node.value)
+            identity = (key_node.tag, key_node.value)
+            first = first_seen.setdefault(identity, key_node.start_mark)
+            if first is not key_node.start_mark:
+                here = key_node.start_mark
+                problems.append(
+                    Problem(
+                        key_path,
+                        f"duplicate key {key_node.value!r} at line {here.line + 1}, column "
+                        f"{here.column + 1} (first at line {first.line + 1}); give each key once",
+                    )
+                )
+            children.append((value_node, key_path))
+        return children
+
+
+def _load_yaml(text: str, problems: list[Problem]) -> object:
+    """The YAML document in `text`, or `_ABSENT` after recording why it cannot be read."""
+    if not isinstance(text, str):
+        problems.append(Problem(_YAML_PATH, f"expected YAML text, got {_show(text)}"))
+        return _ABSENT
+    loader: _StrictLoader | None = None
+    try:
+        loader = _StrictLoader(text)  # the reader rejects unprintable characters right away
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        problems.extend(loader.duplicate_key_problems(node))
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        problems.append(Problem(_YAML_PATH, _describe_marked_yaml_error(exc)))
+    except yaml.YAMLError as exc:
+        problems.append(Problem(_YAML_PATH, f"YAML error: {_one_line(str(exc))}"))
+    except RecursionError:
+        problems.append(Problem(_YAML_PATH, "the YAML is nested too deeply to read"))
+    except (ValueError, TypeError, OverflowError) as exc:
+        # PyYAML lets a few constructor errors through, e.g. the date 2024-02-30.
+        problems.append(
+            Problem(_YAML_PATH, f"a YAML value cannot be read ({exc}); quote it if it is text")
+        )
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return _ABSENT
+
+
+def _describe_marked_yaml_error(exc: yaml.MarkedYAMLError) -> str:
+    mark = exc.problem_mark or exc.context_mark
+    what = "; ".join(part for part in (exc.context, exc.problem) if part) or _one_line(str(exc))
+    if mark is None:
+        return f"YAML syntax error: {what}"
+    return f"YAML syntax error at line {mark.line + 1}, column {mark.column + 1}: {what}"
+
+
+# --- Reading mappings ----------------------------------------------------------------------
+
+
+@attrs.define
+class _Section:
+    """One mapping of the raw config: its data, the path that leads to it, and the problems."""
+
+    data: Mapping[Any, Any]
+    path: str
+    problems: list[Problem]
+    base_dir: Path
+
+    def at(self, key: str) -> str:
+        return _join(self.path, key)
+
+    def get(self, key: str) -> object:
+        return self.data.get(key, _ABSENT)
+
+    def report(self, key: str, message: str) -> None:
+        """Record a problem with the value at `key` of this mapping."""
+        self.problems.append(Problem(self.at(key), message))
+
+    def check_keys(self, accepted: Sequence[str]) -> None:
+        """Report each key that is not one of `accepted`, suggesting the closest accepted one."""
+        for key in self.data:
+            if isinstance(key, str) and key in accepted:
+                continue
+            hint = ""
+            if isinstance(key, str):
+                close = difflib.get_close_matches(key, accepted, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+            self.report(
+                str(key), f"unknown key {_show(key)}{hint}; accepted keys: {_list(accepted)}"
+            )
+
+    def section(self, key: str, what: str) -> _Section | None:
+        """The mapping under `key` as a `_Section`; None when absent, null or not a mapping."""
+        value = self.get(key)
+        if value is _ABSENT or value is None:
+            return None
+        if not isinstance(value, Mapping):
+            self.report(key, f"must be a mapping of {what}, got {_show(value)}")
+            return None
+        return _Section(value, self.at(key), self.problems, self.base_dir)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.get(key)
+        if value is _ABSENT:
+            return default
+        if not isinstance(value, bool):
+            self.report(key, f"must be true or false, got {_show(value)}")
+            return default
+        return value
+
+    def integer(self, key: str, default: int, minimum: int, maximum: int | None = None) -> int:
+        value = self.get(key)
+        if value is _ABSENT:
+            return default
+        accepted = f"{minimum}..{maximum}" if maximum is not None else f"at least {minimum}"
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.report(key, f"must be an integer ({accepted}), got {_show(value)}")
+            return default
+        if value < minimum or (maximum is not None and value > maximum):
+            self.report(key, f"must be {accepted}, got {_show(value)}")
+            return default
+        return value
+
+    def seconds(self, key: str, default: float) -> float:
+        value = self.get(key)
+        if value is _ABSENT:
+            return default
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                seconds = float(value)
+            except OverflowError:
+                seconds = math.inf
+            if math.isfinite(seconds) and seconds > 0:
+                return seconds
+        self.report(key, f"must be a positive number of seconds, e.g. 5 or 0.5, got {_show(value)}")
+        return default
+
+    def choice(self, key: str, default: str, choices: Sequence[str]) -> str:
+        value = self.get(key)
+        if value is _ABSENT:
+            return default
+        if not isinstance(value, str) or value not in choices:
+            self.report(key, f"must be {_alternatives(choices)}, got {_show(value)}")
+            return default
+        return value
+
+    def endpoint(self, key: str, default: str) -> str:
+        """A Twisted server endpoint string, parsed (never listened on) to prove it is valid."""
+        value = self.get(key)
+        if value is _ABSENT:
+            return default
+        if not isinstance(value, str):
+            self.report(
+                key, f"must be a Twisted endpoint string, {_ENDPOINT_EXAMPLE}, got {_show(value)}"
+            )
+            return default
+        problem = _endpoint_problem(value)
+        if problem is not None:
+            self.report(key, problem)
+            return default
+        return value
+
+    def file_path(self, key: str, default: Path) -> Path:
+        value = self.get(key)
+        if value is _ABSENT:
+            return self.resolve(default)
+        if not isinstance(value, str) or not value.strip():
+            self.report(
+                key, f"must be a file path (relative to the config's directory), got {_show(value)}"
+            )
+            return default
+        return self.resolve(Path(value))
+
+    def resolve(self, path: Path) -> Path:
+        """`path` made absolute against the config's directory (SPEC §3)."""
+        return Path(os.path.normpath(self.base_dir / path))
+
+
+# --- The config, section by section --------------------------------------------------------
+
+
+def _read_config(top: _Section, source: Path | None) -> Config:
+    top.check_keys(_TOP_LEVEL_KEYS)
+    timeouts = _read_timeouts(top.section("timeouts", "timeout names to seconds"), Timeouts())
+    return Config(
+        listen=top.endpoint("listen", _DEFAULT_CONFIG.listen),
+        admin=_read_admin(top),
+        access_log=_read_access_log(top),
+        tls=_read_tls(top),
+        timeouts=timeouts,
+        limits=_read_limits(top.section("limits", "limit names to values")),
+        domains=_read_domains(top, timeouts),
+        source=source,
+    )
+
+
+def _read_admin(top: _Section) -> AdminSettings:
+    admin = top.section("admin", "admin settings")
+    if admin is None:
+        return AdminSettings(token_file=top.resolve(_DEFAULT_ADMIN.token_file))
+    admin.check_keys(_ADMIN_KEYS)
+    return AdminSettings(
+        listen=admin.endpoint("listen", _DEFAULT_ADMIN.listen),
+        token_file=admin.file_path("token_file", _DEFAULT_ADMIN.token_file),
+    )
+
+
+def _read_access_log(top: _Section) -> Path | Literal["-"] | None:
+    """`-` is stdout, null (or no key) is no access log, anything else a file path."""
+    value = top.get("access_log")
+    if value is _ABSENT or value is None:
+        return None
+    if value == STDOUT:
+        return STDOUT
+    if not isinstance(value, str) or not value.strip():
+        top.report(
+            "access_log",
+            f"must be a file path, '-' for stdout, or null for no access log, got {_show(value)}",
+        )
+        return None
+    return top.resolve(Path(value))
+
+
+def _read_tls(top: _Section) -> TLSSettings:
+    tls = top.section("tls", "TLS settings")
+    if tls is None:
+        return TLSSettings()
+    tls.check_keys(_TLS_KEYS)
+    return TLSSettings(ca_file=_read_ca_file(tls), min_version=_read_min_version(tls))
+
+
+def _read_ca_file(tls: _Section) -> Path | None:
+    """A readable PEM bundle with at least one certificate; null means the system store."""
+    value = tls.get("ca_file")
+    if value is _ABSENT or value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        tls.report(
+            "ca_file",
+            "must be the path of a PEM file of CA certificates, or null for the system "
+            f"trust store, got {_show(value)}",
+        )
+        return None
+    path = tls.resolve(Path(value))
+    problem = _ca_file_problem(path)
+    if problem is not None:
+        tls.report("ca_file", f"{value!r} ({path}) {problem}")
+    return path
+
+
+def _ca_file_problem(path: Path) -> str | None:
+    accepted = "give a PEM file of CA certificates, or null for the system trust store"
+    if not path.is_file():
+        state = "is not a regular file" if path.exists() else "does not exist"
+        return f"{state}; {accepted}"
+    try:
+        data = path.read_bytes()
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        return f"cannot be read ({reason}); {accepted}"
+    if _PEM_CERTIFICATE not in data:
+        return f"contains no PEM certificate ('{_PEM_CERTIFICATE.decode()}'); {accepted}"
+    return None
+
+
+def _read_min_version(tls: _Section) -> Literal["1.2", "1.3"]:
+    """ "1.2" or "1.3"; the YAML numbers 1.2 and 1.3 are accepted and read as those strings."""
+    value = tls.get("min_version")
+    if value is _ABSENT:
+        return _DEFAULT_TLS.min_version
+    if isinstance(value, float) and value in (1.2, 1.3):
+        value = str(value)
+    if value == "1.2" and isinstance(value, str):
+        return "1.2"
+    if value == "1.3" and isinstance(value, str):
+        return "1.3"
+    tls.report("min_version", f"must be {_alternatives(_TLS_VERSIONS)}, got {_show(value)}")
+    return _DEFAULT_TLS.min_version
+
+
+def _read_timeouts(section: _Section | None, base: Timeouts) -> Timeouts:
+    """`base` with the keys `section` sets replaced; every value a positive number of seconds."""
+    if section is None:
+        return base
+    section.check_keys(_TIMEOUT_KEYS)
+    return Timeouts(**{key: section.seconds(key, getattr(base, key)) for key in _TIMEOUT_KEYS})
+
+
+def _read_limits(limits: _Section | None) -> Limits:
+    """Limits; max_header_bytes is 1 KiB..1 MiB, max_body_bytes 0 (no limit) or more."""
+    if limits is None:
+        return Limits()
+    limits.check_keys([field.name for field in attrs.fields(Limits)])
+    defaults = Limits()
+    return Limits(
+        client_header_timeout=limits.seconds(
+            "client_header_timeout", defaults.client_header_timeout
+        ),
+        client_idle_timeout=limits.seconds("client_idle_timeout", defaults.client_idle_timeout),
+        max_header_bytes=limits.integer(
+            "max_header_bytes", defaults.max_header_bytes, 1024, 1048576
+        ),
+        max_body_bytes=limits.integer("max_body_bytes", defaults.max_body_bytes, 0),
+        origin_max_connections=limits.integer(
+            "origin_max_connections", defaults.origin_max_connections, 1
+        ),
+        origin_queue_timeout=limits.seconds("origin_queue_timeout", defaults.origin_queue_timeout),
+    )
+
+
+# --- Domains and origins -------------------------------------------------------------------
+
+
+def _read_domains(top: _Section, timeouts: Timeouts) -> dict[str, Domain]:
+    """Domains by normalised name; at least one, no two with the same normalised name.
+
+    An edge without domains would answer 421 to every request, so that is a problem too.
+    Paths name a domain by its key as written, so the operator can find it in the file.
+    """
+    value = top.get("domains")
+    if value is _ABSENT or value is None or (isinstance(value, Mapping) and not value):
+        top.report(
+            "domains",
+            "no domains configured; add at least one accelerated domain, "
+            "e.g. 'www.example.com: {origins: [{address: 203.0.113.10}]}'",
+        )
+        return {}
+    domains = top.section("domains", "domain names to domain settings")
+    if domains is None:
+        return {}
+    result: dict[str, Domain] = {}
+    written_as: dict[str, object] = {}
+    for key, value in domains.data.items():
+        path = domains.at(str(key))
+        name = _read_domain_name(key, path, domains.problems)
+        domain = _read_domain(value, path, name, timeouts, domains)
+        if name is None or domain is None:
+            continue
+        if name in written_as:
+            domains.report(
+                str(key),
+                f"{key!r} is the same domain as {written_as[name]!r} (both are {name!r} once "
+                "normalised); give each domain once",
+            )
+            continue
+        written_as[name] = key
+        result[name] = domain
+    return result
+
+
+def _read_domain_name(key: object, path: str, problems: list[Problem]) -> str | None:
+    """The normalised accelerated domain name; wildcards are not supported in this version."""
+    if not isinstance(key, str):
+        problems.append(
+            Problem(path, f"a domain name must be text such as 'www.example.com', got {_show(key)}")
+        )
+        return None
+    if "*" in key:
+        problems.append(
+            Problem(
+                path,
+                f"{key!r} is a wildcard; wildcard domains are not supported in this version, "
+                "list each domain name, e.g. 'www.example.com'",
+            )
+        )
+        return None
+    try:
+        return normalize_hostname(key)
+    except ValueError as exc:
+        problems.append(Problem(path, str(exc)))
+        return None
+
+
+def _read_domain(
+    value: object, path: str, name: str | None, timeouts: Timeouts, parent: _Section
+) -> Domain | None:
+    if not isinstance(value, Mapping):
+        parent.problems.append(
+            Problem(
+                path,
+                f"must be a mapping of domain settings with at least 'origins', got {_show(value)}",
+            )
+        )
+        return None
+    domain = _Section(value, path, parent.problems, parent.base_dir)
+    domain.check_keys(_DOMAIN_KEYS)
+    protocol = domain.choice("origin_protocol", "https", _PROTOCOLS)
+    origin_host = _read_host(domain, "origin_host", default=name)
+    origin_sni = _read_origin_sni(domain, protocol)
+    verify = domain.boolean("verify", True)
+    domain_timeouts = _read_timeouts(
+        domain.section("timeouts", "timeout names to seconds"), timeouts
+    )
+    origins = _read_origins(domain, protocol)
+    if protocol == "https" and origin_sni.enabled and origin_sni.value is None:
+        _check_origin_host_as_sni(domain, origin_host, origins)
+    return Domain(
+        name=name or "",
+        origins=origins,
+        origin_protocol="http" if protocol == "http" else "https",
+        origin_host=origin_host or "",
+        origin_sni=origin_sni,
+        verify=verify,
+        timeouts=domain_timeouts,
+    )
+
+
+def _read_host(section: _Section, key: str, default: str | None) -> str | None:
+    """A DNS name (normalised) or an IP literal (kept as written, IPv6 without brackets)."""
+    value = section.get(key)
+    if value is _ABSENT:
+        return default
+    if not isinstance(value, str):
+        section.report(
+            key, f"must be a host name or IP address, e.g. 'origin.example.com', got {_show(value)}"
+        )
+        return default
+    if is_ip_literal(value):
+        return strip_ip_brackets(value)
+    try:
+        return normalize_hostname(value)
+    except ValueError as exc:
+        section.report(key, f"{exc}; an IP address is also accepted")
+        return default
+
+
+def _read_origin_sni(domain: _Section, protocol: str) -> OriginSNI:
+    """The domain's origin SNI: off when the block is absent; `enabled` defaults to true in it."""
+    if domain.get("origin_sni") is None:
+        domain.report(
+            "origin_sni",
+            "is empty; give 'enabled' and/or 'value', or remove origin_sni to send no SNI",
+        )
+        return OriginSNI()
+    block = domain.section("origin_sni", "'enabled' and 'value'")
+    if block is None:
+        return OriginSNI()
+    block.check_keys(_ORIGIN_SNI_KEYS)
+    enabled = block.boolean("enabled", True)
+    if enabled and protocol == "http":
+        block.report(
+            "enabled",
+            "origin_sni only applies to origin_protocol https, and this domain uses 'http'; "
+            "remove origin_sni or set enabled: false",
+        )
+    return OriginSNI(enabled=enabled, value=_read_sni(block, "value"))
+
+
+def _read_sni(section: _Section, key: str) -> str | None:
+    """A specific server name for SNI (see `validate_sni`); absent or null is None."""
+    value = section.get(key)
+    if value is _ABSENT or value is None:
+        return None
+    try:
+        return validate_sni(value)
+    except ValueError as exc:
+        section.report(key, str(exc))
+        return None
+
+
+def _check_origin_host_as_sni(
+    domain: _Section, origin_host: str | None, origins: tuple[Origin, ...]
+) -> None:
+    """Origin SNI enabled without a value sends origin_host, which must then be valid SNI."""
+    if origin_host is None or all(origin.sni is not None for origin in origins):
+        return
+    try:
+        validate_sni(origin_host)
+    except ValueError as exc:
+        domain.report(
+            "origin_sni",
+            f"is enabled without a value, so it would send origin_host, but {exc}; "
+            "set origin_sni.value",
+        )
+
+
+def _read_origins(domain: _Section, protocol: str) -> tuple[Origin, ...]:
+    value = domain.get("origins")
+    example = "e.g. [{address: 203.0.113.10}]"
+    if value is _ABSENT or value is None:
+        domain.report("origins", f"is required: list at least one origin, {example}")
+        return ()
+    if not isinstance(value, list | tuple):
+        domain.report("origins", f"must be a list of origins, {example}, got {_show(value)}")
+        return ()
+    if not value:
+        domain.report("origins", f"must list at least one origin, {example}")
+        return ()
+    origins = (
+        _read_origin(item, f"{domain.at('origins')}[{i}]", protocol, domain)
+        for i, item in enumerate(value)
+    )
+    return tuple(origin for origin in origins if origin is not None)
+
+
+def _read_origin(value: object, path: str, protocol: str, domain: _Section) -> Origin | None:
+    """One origin; port defaults to 443 for https and 80 for http, `sni` only for https."""
+    if not isinstance(value, Mapping):
+        domain.problems.append(
+            Problem(path, f"must be a mapping with at least 'address', got {_show(value)}")
+        )
+        return None
+    origin = _Section(value, path, domain.problems, domain.base_dir)
+    origin.check_keys(_ORIGIN_KEYS)
+    if origin.get("address") is _ABSENT:
+        origin.report("address", "is required: the origin's IP address or host name")
+    return Origin(
+        address=_read_host(origin, "address", default=None) or "",
+        port=origin.integer("port", 80 if protocol == "http" else 443, 1, 65535),
+        priority=origin.integer("priority", 1, 0),
+        weight=origin.integer("weight", 1, 1, 1000),
+        sni=_read_origin_own_sni(origin, protocol),
+    )
+
+
+def _read_origin_own_sni(origin: _Section, protocol: str) -> str | None:
+    """`origins[].sni`, which wins over the domain's origin SNI; only https sends SNI."""
+    if protocol == "http" and origin.get("sni") not in (_ABSENT, None):
+        origin.report(
+            "sni",
+            "sni only applies to origin_protocol https, and this domain uses 'http'; remove it",
+        )
+        return None
+    return _read_sni(origin, "sni")
+
+
+# --- Endpoints -----------------------------------------------------------------------------
+
+
+def _endpoint_problem(value: str) -> str | None:
+    """Why `value` is not a usable Twisted server endpoint string, or None if it is.
+
+    The string is parsed against an in-memory reactor, so nothing is bound. TCP and SSL
+    endpoints are also "listened" on that reactor to see the port, which Twisted itself
+    only checks when binding.
+    """
+    reactor = MemoryReactor()
+    try:
+        endpoint = serverFromString(reactor, value)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return f"{value!r} is not a valid Twisted endpoint string ({reason}); {_ENDPOINT_EXAMPLE}"
+    if isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint | SSL4ServerEndpoint):
+        endpoint.listen(Factory()).addErrback(lambda _: None)
+        for port, *_ in (*reactor.tcpServers, *reactor.sslServers):
+            if not 0 <= port <= 65535:
+                return f"{value!r} has port {port}; a port is 0..65535, {_ENDPOINT_EXAMPLE}"
+    return None
+
+
+# --- Message helpers -----------------------------------------------------------------------
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _show(value: object) -> str:
+    """A short repr of a bad value, with YAML's spelling for true, false and null."""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if value is None:
+        return "null"
+    return _SHORT_REPR.repr(value)
+
+
+def _list(keys: Sequence[str]) -> str:
+    return ", ".join(keys)
+
+
+def _alternatives(choices: Sequence[str]) -> str:
+    quoted = [repr(choice) for choice in choices]
+    return " or ".join([", ".join(quoted[:-1]), quoted[-1]]) if len(quoted) > 1 else quoted[0]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
