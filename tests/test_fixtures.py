@@ -397,9 +397,10 @@ def test_edge_reports_a_missing_twistd_plugin(tmp_path: Path):
     assert not edge.alive()
 
 
-def test_edge_config_gets_loopback_listeners_and_a_token(tmp_path: Path):
+def test_edge_config_gets_loopback_listeners_and_a_token(tmp_path: Path, pki: PKI):
     """EdgeProcess fills in listen, admin and access_log, and pre-writes the admin token."""
-    edge = EdgeProcess(tmp_path, {"domains": {"a.test": {"origins": [{"address": "127.0.0.1"}]}}})
+    domains = {"a.test": {"origins": [{"address": "127.0.0.1"}]}}
+    edge = EdgeProcess(tmp_path, {"tls": {"ca_file": pki.ca_file}, "domains": domains})
     written = yaml.safe_load(edge.config_path.read_text())
     assert written["listen"] == f"tcp:{edge.port}:interface=127.0.0.1"
     assert written["admin"] == {
@@ -407,7 +408,8 @@ def test_edge_config_gets_loopback_listeners_and_a_token(tmp_path: Path):
         "token_file": "admin.token",
     }
     assert written["access_log"] == "access.log"
-    assert written["domains"] == {"a.test": {"origins": [{"address": "127.0.0.1"}]}}
+    assert written["domains"] == domains
+    assert written["tls"] == {"ca_file": str(pki.ca_file)}
     assert (tmp_path / "admin.token").read_text().strip() == edge.admin_token
     assert (tmp_path / "admin.token").stat().st_mode & 0o777 == 0o600
 

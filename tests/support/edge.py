@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import atexit
 import http.client
 import json
 import os
@@ -29,6 +29,17 @@ _TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'tw
 _OWN_DEPRECATION = re.compile(r"edgenode/[\w/]+\.py:\d+: DeprecationWarning: .*")
 
 Headers = Iterable[tuple[str, str]] | Mapping[str, str]
+
+# Edges still running, killed at interpreter exit should a test run end abnormally.
+_running: set[subprocess.Popen[bytes]] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for proc in list(_running):
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 @attrs.frozen
@@ -86,7 +97,7 @@ class EdgeProcess:
     ) -> None:
         self.dir = Path(tmp_path)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.config: dict[str, Any] = json.loads(json.dumps(dict(config)))  # deep copy
+        self.config: dict[str, Any] = _plain(config)
         self.config.setdefault("listen", f"tcp:{free_port()}:interface={LOOPBACK}")
         admin = self.config.setdefault("admin", {})
         if isinstance(admin, dict):
@@ -144,6 +155,8 @@ class EdgeProcess:
 
     def start(self, timeout: float = 20.0) -> EdgeProcess:
         """Run the edge and wait until its listen port (and admin port) accept connections."""
+        if self.alive():
+            raise AssertionError("this edge is already running")
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         if self.env:
@@ -156,18 +169,20 @@ class EdgeProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
-                start_new_session=True,
             )
+        _running.add(self._proc)
         deadline = time.monotonic() + timeout
-        ports = [self.port]
+        ports = [("listen", self.port)]
         if self.wait_admin and self.admin_port is not None:
-            ports.append(self.admin_port)
-        try:
-            for port in ports:
+            ports.append(("admin.listen", self.admin_port))
+        for what, port in ports:
+            try:
                 wait_for_port(port, timeout=max(0.0, deadline - time.monotonic()), alive=self.alive)
-        except (TimeoutError, ConnectionRefusedError) as exc:
-            self._kill()
-            raise AssertionError(self._explain(f"the edge did not start: {exc}")) from None
+            except (TimeoutError, ConnectionRefusedError) as exc:
+                self._kill()
+                raise AssertionError(
+                    self._explain(f"the edge did not start ({what} port {port}): {exc}")
+                ) from None
         return self
 
     def alive(self) -> bool:
@@ -199,17 +214,18 @@ class EdgeProcess:
                 ) from None
         self.returncode = proc.returncode
         self._proc = None
+        _running.discard(proc)
         return self.returncode
 
     def _kill(self) -> None:
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
             proc.wait(10)
-        if proc is not None:
-            self.returncode = proc.returncode
-        self._proc = None
+        self.returncode = proc.returncode
+        _running.discard(proc)
 
     def __enter__(self) -> EdgeProcess:
         return self.start()
@@ -402,6 +418,17 @@ def send(
     resp = conn.getresponse()
     data = resp.read()
     return Response(resp.status, resp.reason, list(resp.getheaders()), data)
+
+
+def _plain(value: Any) -> Any:
+    """A deep copy of a config value that yaml.safe_dump accepts (paths become strings)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 def _read(path: Path) -> str:

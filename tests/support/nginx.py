@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import shutil
 import signal
@@ -81,6 +83,25 @@ http {{
 """
 
 
+# nginx masters still running, killed (with their workers) at interpreter exit
+# should a test run end abnormally.
+_running: set[subprocess.Popen[bytes]] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for proc in list(_running):
+        _kill_group(proc)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    _running.discard(proc)
+
+
 def nginx_binary(search_path: str | None = None, fallback: str = "/usr/sbin/nginx") -> str:
     """The nginx executable (PATH, then Debian's location); RuntimeError when not installed."""
     found = shutil.which("nginx", path=search_path)
@@ -150,14 +171,13 @@ class NginxOrigin:
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop (SIGQUIT), then SIGKILL to the whole process group."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGQUIT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout)
+        _kill_group(proc)  # also any worker a SIGQUIT left behind
 
     def error_log(self) -> str:
         try:
@@ -237,17 +257,17 @@ class NginxOrigin:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True,  # its own process group: workers die with the master
             )
+        _running.add(self._proc)
 
     def _alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
     def _kill(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        if proc is not None:
+            _kill_group(proc)
 
     def _output(self) -> str:
         try:
