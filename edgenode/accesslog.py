@@ -1,0 +1,128 @@
+"""The access log: one JSON object per request (SPEC §6), its writer and its reader."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import attrs
+
+# SPEC §6 fields, in the order they are written; later fields explain TLS failures.
+FIELDS = (
+    "ts",
+    "request_id",
+    "client",
+    "method",
+    "host",
+    "path",
+    "status",
+    "bytes_sent",
+    "duration_ms",
+    "domain",
+    "origin",
+    "sni",
+    "verify_name",
+    "tls_version",
+    "tls_cipher",
+    "origin_status",
+    "attempts",
+    "error",
+    "generation",
+    "error_detail",
+    "connection_reused",
+    "upstream_connect_ms",
+    "upstream_handshake_ms",
+    "tls_resumed",
+    "origin_cert",
+)
+
+
+@attrs.define(slots=True)
+class AccessRecord:
+    """What happened to one request; filled in as the exchange goes, written once."""
+
+    request_id: str
+    client: str
+    method: str
+    host: str | None
+    path: str
+    started: float  # wall-clock seconds
+    generation: int
+    status: int | None = None
+    bytes_sent: int = 0
+    duration_ms: float = 0.0
+    domain: str | None = None
+    origin: str | None = None
+    sni: str | None = None
+    verify_name: str | None = None
+    tls_version: str | None = None
+    tls_cipher: str | None = None
+    origin_status: int | None = None
+    attempts: int = 0
+    error: str | None = None
+    error_detail: str | None = None
+    connection_reused: bool | None = None
+    upstream_connect_ms: float | None = None
+    upstream_handshake_ms: float | None = None
+    tls_resumed: bool | None = None
+    origin_cert: dict[str, Any] | None = None
+
+    def to_json_line(self) -> bytes:
+        data: dict[str, Any] = {}
+        for name in FIELDS:
+            if name == "ts":
+                data["ts"] = rfc3339(self.started)
+            else:
+                data[name] = getattr(self, name)
+        data["duration_ms"] = round(self.duration_ms, 3)
+        for key in ("upstream_connect_ms", "upstream_handshake_ms"):
+            if data[key] is not None:
+                data[key] = round(data[key], 3)
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def rfc3339(ts: float) -> str:
+    whole = int(ts)
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{int((ts - whole) * 1000):03d}Z"
+    )
+
+
+def parse_line(line: bytes | str) -> dict[str, Any] | None:
+    """One access-log line as a dict; None for a torn or foreign line."""
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and "request_id" in data else None
+
+
+class AccessLog:
+    """Appends whole lines; each line is written with one write() and flushed."""
+
+    def __init__(self, target: Path | Literal["-"] | None) -> None:
+        self.target = target
+        self._file: IO[bytes] | None = None
+        self.open()
+
+    def open(self) -> None:
+        if self.target is None:
+            self._file = None
+        elif self.target == "-":
+            self._file = sys.stdout.buffer
+        else:
+            path = Path(self.target)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = path.open("ab", buffering=0)
+
+    def write(self, record: AccessRecord) -> None:
+        if self._file is not None:
+            self._file.write(record.to_json_line())
+
+    def close(self) -> None:
+        if self._file is not None and self.target != "-":
+            self._file.close()
+        self._file = None

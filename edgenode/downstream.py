@@ -1,0 +1,559 @@
+"""The client side: an HTTP/1.1 server protocol on httptools (llhttp).
+
+It owns keep-alive, pipelining order (one exchange at a time, later requests queued
+with reading paused), the SPEC §3 client limits and timeouts, the framing of
+responses (Content-Length, chunked, or close-delimited for HTTP/1.0), and the
+error responses the edge generates itself. What to do with a request is the
+handler's business (proxy.py).
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+from typing import Any, Protocol
+
+import attrs
+import httptools
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.python.failure import Failure
+
+from edgenode.config import Limits
+from edgenode.errors import ErrorCode
+from edgenode.headers import Headers, serialize
+from edgenode.hostnames import normalize_request_host
+
+REASONS = {
+    100: b"Continue",
+    200: b"OK",
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    421: b"Misdirected Request",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+@attrs.define(slots=True)
+class RequestHead:
+    """A parsed client request head, validated; `host` is normalised, `path` is origin-form."""
+
+    method: bytes
+    target: bytes
+    path: bytes
+    version: bytes
+    headers: Headers
+    keep_alive: bool
+    content_length: int | None
+    chunked: bool
+    expect_continue: bool
+    host: str | None  # normalised request host; None when missing (the proxy answers 400)
+    host_header: bytes  # the authority as the client sent it (for X-Forwarded-Host)
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+class RequestSink(Protocol):
+    """What the handler gives back for one request: where its body and fate go."""
+
+    def body(self, data: bytes) -> None: ...
+
+    def end(self) -> None: ...
+
+    def client_lost(self) -> None: ...
+
+    def reject(self, code: ErrorCode, detail: str) -> None: ...
+
+
+class RequestHandler(Protocol):
+    def start(self, head: RequestHead, stream: ClientStream) -> RequestSink: ...
+
+    def refuse(self, head: RequestHead, stream: ClientStream, code: ErrorCode, detail: str) -> None:
+        """Answer (and log) a request the edge rejects before it could be routed."""
+
+
+class BadRequest(Exception):
+    def __init__(self, code: ErrorCode, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@attrs.define
+class _Request:
+    head: RequestHead
+    sink: RequestSink | None = None
+    chunks: list[bytes] = attrs.Factory(list)  # body received while queued
+    body_bytes: int = 0
+    ended: bool = False
+    responded: bool = False  # the response is complete
+
+
+class ClientStream:
+    """The response side of one exchange, as the handler sees it."""
+
+    __slots__ = ("_conn", "_req", "chunked", "client_ip", "closing", "finished", "started")
+
+    def __init__(self, conn: DownstreamProtocol, req: _Request) -> None:
+        self._conn = conn
+        self._req = req
+        self.client_ip = conn.client_ip
+        self.started = False
+        self.finished = False
+        self.chunked = False
+        self.closing = not req.head.keep_alive
+
+    @property
+    def connected(self) -> bool:
+        return (
+            self._conn.transport is not None
+            and not self._conn.lost
+            and self._conn.current is self._req
+        )
+
+    def start_response(
+        self, status: int, reason: bytes, headers: Headers, length: int | None, *, no_body: bool
+    ) -> None:
+        """Send the response head with our framing: Content-Length, chunked, or close."""
+        self.started = True
+        head = self._req.head
+        extra: Headers = []
+        if no_body:
+            if length is not None and status != 204:
+                extra.append((b"Content-Length", b"%d" % length))
+        elif length is not None:
+            extra.append((b"Content-Length", b"%d" % length))
+        elif head.version == b"1.1":
+            self.chunked = True
+            extra.append((b"Transfer-Encoding", b"chunked"))
+        else:
+            self.closing = True  # HTTP/1.0 client: the close ends the body
+        if self._conn.closing_after_response or self._conn.draining:
+            self.closing = True
+        if self.closing:
+            extra.append((b"Connection", b"close"))
+        elif head.version != b"1.1":
+            extra.append((b"Connection", b"keep-alive"))
+        start = b"HTTP/1.1 %d %s" % (status, reason or REASONS.get(status, b"Unknown"))
+        self._conn.transport.write(serialize(start, headers + extra))
+
+    def send_body(self, data: bytes) -> None:
+        if not data:
+            return
+        if self.chunked:
+            self._conn.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self._conn.transport.write(data)
+
+    def end_response(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self.chunked:
+            self._conn.transport.write(b"0\r\n\r\n")
+        self._conn._response_finished(self._req, self.closing)
+
+    def abort(self) -> None:
+        """Cut the client connection: a response that cannot be completed must not look complete."""
+        self.finished = True
+        self._conn.abort()
+
+    def send_error(self, code: ErrorCode, request_id: str, detail: str = "") -> int:
+        """A short text response naming the error code and request id; returns bytes sent."""
+        body = f"{code.status} {code.value}\nrequest id: {request_id}\n".encode()
+        if code.status >= 400 and code is not ErrorCode.UNKNOWN_DOMAIN and code.status < 500:
+            self.closing = True  # the request itself was bad: do not trust the rest of the stream
+        headers: Headers = [
+            (b"Content-Type", b"text/plain; charset=utf-8"),
+            (b"X-Edge-Request-Id", request_id.encode()),
+            (b"X-Edge-Error", code.value.encode()),
+        ]
+        self.start_response(
+            code.status, REASONS.get(code.status, b""), headers, len(body), no_body=False
+        )
+        if self._req.head.method != b"HEAD":
+            self.send_body(body)
+        self.end_response()
+        return len(body)
+
+    def pause_request_body(self) -> None:
+        self._conn.pause_reading("upload")
+
+    def resume_request_body(self) -> None:
+        self._conn.resume_reading("upload")
+
+    def register_producer(self, producer: IPushProducer) -> None:
+        self._conn.transport.registerProducer(producer, True)
+
+    def unregister_producer(self) -> None:
+        if self._conn.transport is not None:
+            self._conn.transport.unregisterProducer()
+
+
+class DownstreamProtocol(TwistedProtocol):
+    """One client connection."""
+
+    def __init__(self, factory: DownstreamFactory) -> None:
+        self.factory = factory
+        self.limits: Limits = factory.limits
+        self.clock = factory.clock
+        self.handler = factory.handler
+        self.client_ip = ""
+        self.lost = False
+        self.draining = False
+        self.closing_after_response = False
+        self.current: _Request | None = None
+        self._parsing: _Request | None = None
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._pause_reasons: set[str] = set()
+        self._parser = httptools.HttpRequestParser(self)
+        self._timer: Any = None
+        self._reset_head()
+
+    # -- connection ---------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.client_ip = getattr(peer, "host", "") or ""
+        handle = self.transport.getHandle()
+        if isinstance(handle, socket.socket) and handle.family in (socket.AF_INET, socket.AF_INET6):
+            handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.factory.connections.add(self)
+        self._set_timer(self.limits.client_idle_timeout)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.lost = True
+        self.factory.connections.discard(self)
+        self._cancel_timer()
+        req, self.current = self.current, None
+        if req is not None and req.sink is not None and not req.responded:
+            req.sink.client_lost()
+        self._queue.clear()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.abortConnection()
+
+    # -- timers ---------------------------------------------------------------
+
+    def _set_timer(self, seconds: float) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(seconds)
+        else:
+            self._timer = self.clock.callLater(seconds, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        # Idle keep-alive connection, or a request head that did not arrive in time
+        # (slowloris): close without a word, as nginx does.
+        self.transport.abortConnection()
+
+    # -- reading --------------------------------------------------------------
+
+    def pause_reading(self, reason: str) -> None:
+        if not self._pause_reasons and self.transport is not None:
+            self.transport.pauseProducing()
+        self._pause_reasons.add(reason)
+
+    def resume_reading(self, reason: str) -> None:
+        self._pause_reasons.discard(reason)
+        if not self._pause_reasons and self.transport is not None and not self.lost:
+            self.transport.resumeProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing_after_response:
+            return  # the rest of the stream is not ours to read
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            # An Upgrade request (WebSocket, h2c) is answered as plain HTTP/1.1 (RFC 9110
+            # §7.8 lets a server ignore Upgrade); bytes after it start the next request.
+            self._parser = httptools.HttpRequestParser(self)
+            rest = data[e.args[0] :] if e.args and isinstance(e.args[0], int) else b""
+            if rest:
+                self.dataReceived(rest)
+            return
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            if isinstance(cause, BadRequest):
+                self._refuse(cause.code, cause.detail)
+                return
+            raise
+        except httptools.HttpParserError as e:
+            self._refuse(ErrorCode.BAD_REQUEST, f"malformed request: {e}")
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limits.max_header_bytes:
+                self._refuse(ErrorCode.REQUEST_HEADER_TOO_LARGE, "request head too large")
+
+    def _reset_head(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        self._url = b""
+        self._headers: Headers = []
+        self._body_limit_hit = False
+
+    def on_message_begin(self) -> None:
+        self._reset_head()
+        self._in_head = True
+        if self.current is None and not self._queue:
+            self._set_timer(self.limits.client_header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.limits.max_header_bytes:
+            raise BadRequest(ErrorCode.URI_TOO_LONG, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        size = len(self._url) + sum(len(n) + len(v) + 4 for n, v in self._headers)
+        if size > self.limits.max_header_bytes:
+            raise BadRequest(ErrorCode.REQUEST_HEADER_TOO_LARGE, f"request head is {size} bytes")
+        head = self._build_head()
+        req = _Request(head)
+        self._parsing = req
+        if self.current is None:
+            self._cancel_timer()
+            self._start(req)
+        else:
+            self._queue.append(req)
+            self.pause_reading("pipeline")
+
+    def on_body(self, data: bytes) -> None:
+        req = self._parsing
+        if req is None:
+            return
+        req.body_bytes += len(data)
+        limit = self.limits.max_body_bytes
+        if limit and req.body_bytes > limit:
+            if req.sink is not None and req is self.current:
+                req.sink.reject(ErrorCode.REQUEST_TOO_LARGE, f"request body above {limit} bytes")
+            else:
+                self._parsing = None
+            raise BadRequest(ErrorCode.REQUEST_TOO_LARGE, f"request body above {limit} bytes")
+        if req.sink is not None:
+            req.sink.body(data)
+        elif not req.responded:
+            req.chunks.append(data)
+
+    def on_message_complete(self) -> None:
+        req = self._parsing
+        self._parsing = None
+        if req is None:
+            return
+        req.ended = True
+        if not req.head.keep_alive:
+            # Nothing after a `Connection: close` request is read.
+            self.closing_after_response = True
+        if req.sink is not None:
+            req.sink.end()
+        if req.responded and req is self.current:
+            self._next()
+
+    def _build_head(self) -> RequestHead:
+        parser = self._parser
+        method = parser.get_method()
+        if method == b"CONNECT":
+            raise BadRequest(ErrorCode.BAD_REQUEST, "CONNECT is not supported by this edge")
+        target = self._url
+        content_length: int | None = None
+        chunked = False
+        expect = False
+        hosts: list[bytes] = []
+        for name, value in self._headers:
+            lower = name.lower()
+            if lower == b"host":
+                hosts.append(value)
+            elif lower == b"content-length":
+                content_length = int(value)
+            elif lower == b"transfer-encoding":
+                chunked = True  # llhttp accepts only a final "chunked"
+            elif lower == b"expect":
+                if value.lower() != b"100-continue":
+                    raise BadRequest(ErrorCode.BAD_REQUEST, "unsupported Expect")
+                expect = True
+        if len(hosts) > 1:
+            raise BadRequest(ErrorCode.BAD_REQUEST, "more than one Host header")
+        path = target
+        authority: bytes | None = hosts[0] if hosts else None
+        if target[:1] != b"/":
+            if target == b"*" and method == b"OPTIONS":
+                path = target
+            else:
+                try:
+                    url = httptools.parse_url(target)
+                except httptools.HttpParserInvalidURLError as e:
+                    raise BadRequest(ErrorCode.BAD_REQUEST, "invalid request target") from e
+                if url.schema not in (b"http", b"https") or not url.host:
+                    raise BadRequest(ErrorCode.BAD_REQUEST, "invalid request target")
+                authority = url.host + (b":%d" % url.port if url.port else b"")
+                path = (url.path or b"/") + (b"?" + url.query if url.query else b"")
+        host: str | None = None
+        if authority is not None:
+            host = normalize_request_host(authority)
+            if host is None:
+                raise BadRequest(ErrorCode.BAD_REQUEST, "invalid Host")
+        limit = self.limits.max_body_bytes
+        if limit and content_length is not None and content_length > limit:
+            self._body_limit_hit = True
+            raise BadRequest(
+                ErrorCode.REQUEST_TOO_LARGE, f"Content-Length {content_length} above {limit}"
+            )
+        version = parser.get_http_version().encode()
+        return RequestHead(
+            method=method,
+            target=target,
+            path=path,
+            version=version,
+            headers=self._headers,
+            keep_alive=parser.should_keep_alive() and not self.draining,
+            content_length=content_length,
+            chunked=chunked,
+            expect_continue=expect and version == b"1.1",
+            host=host,
+            host_header=authority or b"",
+        )
+
+    # -- exchanges ------------------------------------------------------------
+
+    def _start(self, req: _Request) -> None:
+        self.current = req
+        stream = ClientStream(self, req)
+        req.sink = self.handler.start(req.head, stream)
+        if req.responded or self.current is not req:
+            return
+        if req.head.expect_continue and not stream.started and not req.ended:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        chunks, req.chunks = req.chunks, []
+        for chunk in chunks:
+            req.sink.body(chunk)
+        if req.ended:
+            req.sink.end()
+
+    def _response_finished(self, req: _Request, closing: bool) -> None:
+        req.responded = True
+        if closing:
+            self.closing_after_response = True
+            self.current = None
+            self._queue.clear()
+            if self.transport is not None:
+                self.transport.loseConnection()
+            return
+        if req.ended:
+            self._next()
+        # else: the origin answered before the body ended; the rest is read and dropped
+
+    def _next(self) -> None:
+        self.current = None
+        if self.lost:
+            return
+        if self.closing_after_response:
+            self.transport.loseConnection()
+            return
+        while self._queue:
+            req = self._queue.popleft()
+            if not self._queue:
+                self.resume_reading("pipeline")
+            self._start(req)
+            if self.current is req and not req.responded:
+                return
+            if self.lost or self.closing_after_response:
+                return
+            self.current = None
+        self.resume_reading("pipeline")
+        if self.draining:
+            self.transport.loseConnection()
+            return
+        if self._in_head:
+            self._set_timer(self.limits.client_header_timeout)
+        else:
+            self._set_timer(self.limits.client_idle_timeout)
+
+    def _refuse(self, code: ErrorCode, detail: str) -> None:
+        """The edge answers a bad request itself and closes: the stream is not to be trusted."""
+        already_closing = self.closing_after_response
+        self.closing_after_response = True
+        self._queue.clear()
+        if self.lost or already_closing:
+            return
+        if self.current is not None:
+            # The request in flight may finish; nothing after it is read or answered.
+            return
+        # No exchange owns the connection: answer through the handler so it gets logged.
+        head = RequestHead(
+            method=self._parser_method(),
+            target=self._url,
+            path=self._url,
+            version=b"1.1",
+            headers=self._headers,
+            keep_alive=False,
+            content_length=None,
+            chunked=False,
+            expect_continue=False,
+            host=None,
+            host_header=b"",
+        )
+        req = _Request(head, ended=True)
+        self._queue.clear()
+        self.current = req
+        stream = ClientStream(self, req)
+        stream.closing = True
+        self.handler.refuse(head, stream, code, detail)
+
+    def _parser_method(self) -> bytes:
+        try:
+            return self._parser.get_method()
+        except Exception:
+            return b"-"
+
+    def drain(self) -> None:
+        """Graceful shutdown: finish the exchange in flight, then close."""
+        self.draining = True
+        if self.current is None and self.transport is not None:
+            self.transport.loseConnection()
+
+
+class DownstreamFactory(Factory):
+    """Client connections; the handler is swapped by nobody: it reads the runtime per request."""
+
+    noisy = False
+
+    def __init__(self, handler: RequestHandler, limits: Limits, clock: Any) -> None:
+        self.handler = handler
+        self.limits = limits
+        self.clock = clock
+        self.connections: set[DownstreamProtocol] = set()
+
+    def buildProtocol(self, addr: Any) -> DownstreamProtocol:
+        return DownstreamProtocol(self)
+
+    def drain(self) -> None:
+        for conn in list(self.connections):
+            conn.drain()
+
+
+__all__ = [
+    "ClientStream",
+    "DownstreamFactory",
+    "DownstreamProtocol",
+    "RequestHead",
+    "RequestSink",
+]

@@ -1,0 +1,458 @@
+"""One exchange: route a client request, forward it to an origin, relay the answer, log it.
+
+Invariants kept here:
+- The runtime is read once, when the request starts; the request finishes on it even
+  if a reload swaps in another (SPEC §5).
+- Hop-by-hop headers (and the names Connection lists) are dropped both ways
+  (RFC 9110 §7.6.1); the edge sets Host (origin_host), X-Forwarded-For/-Proto/-Host
+  and Via itself (headers.py).
+- Bodies stream both ways with backpressure: the client transport is the producer
+  of the upload, the origin transport of the download; nothing is buffered beyond one
+  read, except up to REPLAY_BYTES of request body kept to retry on another origin.
+- Failover (SPEC §4): a failure before the request reached an origin (connect, TLS,
+  verification, busy) moves to the next origin; after that only idempotent requests
+  move on. A reused pooled connection found closed before any response byte is retried
+  once on a fresh connection to the same origin. No origin is tried twice otherwise.
+- Every failure maps through ErrorCode to its status; once the response head went out,
+  a failure aborts the client connection instead (never a clean-looking short body).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from edgenode.accesslog import AccessLog, AccessRecord
+from edgenode.downstream import ClientStream, RequestHead
+from edgenode.errors import ErrorCode, OriginError
+from edgenode.headers import client_response_headers, origin_request_headers, serialize
+from edgenode.runtime import DomainRuntime, RuntimeHolder
+from edgenode.upstream import OriginPool, OriginRoute, StaleConnection, UpstreamConnection
+
+log = Logger()
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+REPLAY_BYTES = 65536
+CLIENT_CLOSED = 499  # nginx's status for "the client went away first"
+
+
+class Proxy:
+    """The request handler of every client connection."""
+
+    def __init__(
+        self, holder: RuntimeHolder, pool: OriginPool, access_log: AccessLog, clock: Any
+    ) -> None:
+        self.holder = holder
+        self.pool = pool
+        self.access_log = access_log
+        self.clock = clock
+        self._id_prefix = os.urandom(4).hex()
+        self._counter = 0
+        self.in_flight = 0
+
+    def next_request_id(self) -> str:
+        self._counter += 1
+        return f"{self._id_prefix}{self._counter:08x}"
+
+    def start(self, head: RequestHead, stream: ClientStream) -> Exchange:
+        return Exchange(self, head, stream)
+
+    def refuse(self, head: RequestHead, stream: ClientStream, code: ErrorCode, detail: str) -> None:
+        exchange = Exchange(self, head, stream, route=False)
+        exchange.fail(OriginError(code, detail))
+
+
+@implementer(IPushProducer)
+class Exchange:
+    """One request through the edge, from its head to its access-log line."""
+
+    def __init__(
+        self, proxy: Proxy, head: RequestHead, stream: ClientStream, *, route: bool = True
+    ) -> None:
+        self.proxy = proxy
+        self.head = head
+        self.stream = stream
+        self.runtime = runtime = proxy.holder.current
+        self.clock = proxy.clock
+        self.t0 = self.clock.seconds()
+        self.request_id = proxy.next_request_id()
+        self.record = AccessRecord(
+            request_id=self.request_id,
+            client=stream.client_ip,
+            method=head.method.decode("latin-1"),
+            host=head.host,
+            path=head.path.decode("latin-1"),
+            started=time.time(),
+            generation=runtime.generation,
+        )
+        self.done = False
+        self.conn: UpstreamConnection | None = None
+        self._cancel_acquire: Any = None
+        self._timer: Any = None
+        self._last_progress = 0.0
+        self._body_pending: list[bytes] = []  # body not yet sent: no origin connection yet
+        self._replay: list[bytes] | None = []  # body kept to retry elsewhere; None = too big
+        self._replay_size = 0
+        self._body_sent = False
+        self._body_ended = not head.has_body
+        self._stale_retried = False
+        self._response_started = False
+        self._no_body = False
+        self._paused_upload = False
+        self._last_error: OriginError | None = None
+        proxy.in_flight += 1
+        if route:
+            self._route()
+
+    # -- routing --------------------------------------------------------------
+
+    def _route(self) -> None:
+        head = self.head
+        if head.host is None:
+            self.fail(OriginError(ErrorCode.BAD_REQUEST, "request has no Host"))
+            return
+        domain = self.runtime.domains.get(head.host)
+        if domain is None:
+            self.fail(
+                OriginError(ErrorCode.UNKNOWN_DOMAIN, f"no domain configured for {head.host}")
+            )
+            return
+        self.domain = domain
+        self.timeouts = domain.config.timeouts
+        self.record.domain = domain.config.name
+        self._origin_head = self._build_origin_head(domain)
+        self._plan = domain.balancer.plan()
+        self._try_next_origin()
+
+    def _build_origin_head(self, domain: DomainRuntime) -> bytes:
+        head = self.head
+        if head.chunked:
+            framing: tuple[bytes, bytes] | None = (b"Transfer-Encoding", b"chunked")
+        elif head.content_length is not None:
+            framing = (b"Content-Length", b"%d" % head.content_length)
+        else:
+            framing = None
+        headers = origin_request_headers(
+            head.headers,
+            client_ip=self.stream.client_ip.encode("ascii"),
+            origin_host=domain.origin_host,
+            forwarded_host=head.host_header,
+            body_framing=framing,
+        )
+        return serialize(head.method + b" " + head.path + b" HTTP/1.1", headers)
+
+    def _try_next_origin(self) -> None:
+        if not self._plan:
+            assert self._last_error is not None
+            self.fail(self._last_error)
+            return
+        self._attempt(self._plan.pop(0), fresh=False)
+
+    def _attempt(self, route: OriginRoute, *, fresh: bool) -> None:
+        self.route = route
+        self.record.attempts += 1
+        self.record.origin = route.label
+        self.record.sni = route.sni
+        self.record.verify_name = route.verify_name if route.verify else None
+        t = self.timeouts
+        self._cancel_acquire = self.proxy.pool.acquire(
+            route, self, connect_timeout=t.connect, handshake_timeout=t.tls_handshake, fresh=fresh
+        )
+
+    # -- ConnectionWaiter -----------------------------------------------------
+
+    def connection_ready(self, conn: UpstreamConnection) -> None:
+        self._cancel_acquire = None
+        if self.done:
+            self.proxy.pool.release(conn)
+            return
+        self.conn = conn
+        rec = self.record
+        rec.connection_reused = conn.requests > 0
+        rec.upstream_connect_ms = None if rec.connection_reused else conn.connect_ms
+        rec.upstream_handshake_ms = None if rec.connection_reused else conn.handshake_ms
+        if conn.tls is not None:
+            rec.tls_version = conn.tls.version
+            rec.tls_cipher = conn.tls.cipher
+            rec.tls_resumed = conn.tls.resumed
+            rec.origin_cert = conn.tls.peer.to_json() if conn.tls.peer else None
+        conn.send_request(self._origin_head, self, head_only=self.head.method == b"HEAD")
+        if self.head.has_body:
+            conn.transport.registerProducer(_UploadProducer(self.stream), True)
+            for chunk in self._body_pending:
+                self._send_body_chunk(chunk)
+            self._body_pending = []
+            if self._body_ended:
+                self._send_body_end()
+            if self._paused_upload:
+                self._paused_upload = False
+                self.stream.resume_request_body()
+        self._arm_timer(self.timeouts.response_header)
+
+    def connection_failed(self, err: OriginError) -> None:
+        self._cancel_acquire = None
+        if self.done:
+            return
+        self._attempt_failed(err)
+
+    def _attempt_failed(self, err: OriginError) -> None:
+        self._last_error = err
+        self.conn = None
+        self._cancel_timer()
+        if self._response_started:
+            self._abort_client(err)
+            return
+        if (
+            isinstance(err, StaleConnection)
+            and not self._stale_retried
+            and (self._idempotent or not self._body_sent)
+        ):
+            self._stale_retried = True  # the retry counts in `attempts` like any other
+            self._restart_body()
+            self._attempt(self.route, fresh=True)
+            return
+        if err.code is ErrorCode.ORIGIN_BUSY:
+            self.fail(err)
+            return
+        if not err.request_sent or (self._idempotent and self._replay is not None):
+            self._restart_body()
+            self._try_next_origin()
+            return
+        self.fail(err)
+
+    @property
+    def _idempotent(self) -> bool:
+        return self.head.method in IDEMPOTENT
+
+    def _restart_body(self) -> None:
+        """Queue the kept body again for the next attempt."""
+        if self._body_sent:
+            assert self._replay is not None
+            self._body_pending = list(self._replay)
+            self._body_sent = False
+
+    # -- RequestSink: the client's body ----------------------------------------
+
+    def body(self, data: bytes) -> None:
+        if self.done:
+            return
+        if self._replay is not None:
+            self._replay_size += len(data)
+            if self._replay_size <= REPLAY_BYTES:
+                self._replay.append(data)
+            else:
+                self._replay = None
+        if self.conn is None:
+            self._body_pending.append(data)
+            if not self._paused_upload:
+                # No origin connection yet: stop reading the client until there is one.
+                self._paused_upload = True
+                self.stream.pause_request_body()
+            return
+        self._send_body_chunk(data)
+
+    def _send_body_chunk(self, data: bytes) -> None:
+        assert self.conn is not None
+        self._body_sent = True
+        if self.head.chunked:
+            self.conn.write_body(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.conn.write_body(data)
+        self._last_progress = self.clock.seconds()
+
+    def _send_body_end(self) -> None:
+        assert self.conn is not None
+        if self.head.chunked:
+            self.conn.write_body(b"0\r\n\r\n")
+        self.conn.transport.unregisterProducer()
+
+    def end(self) -> None:
+        if self.done or self._body_ended:
+            return
+        self._body_ended = True
+        if self.conn is not None:
+            self._send_body_end()
+
+    def client_lost(self) -> None:
+        if self.done:
+            return
+        if self.record.status is None:
+            self.record.status = CLIENT_CLOSED
+        self._drop_origin()
+        self._finish()
+
+    def reject(self, code: ErrorCode, detail: str) -> None:
+        if self.done:
+            return
+        self._drop_origin()
+        self.fail(OriginError(code, detail))
+
+    # -- ResponseListener -------------------------------------------------------
+
+    def response_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], length: int | None
+    ) -> None:
+        if self.done:
+            return
+        self._response_started = True
+        self.record.origin_status = status
+        self.record.status = status
+        self._no_body = self.head.method == b"HEAD" or status in (204, 304)
+        out = client_response_headers(headers)
+        out.append((b"X-Edge-Request-Id", self.request_id.encode()))
+        self.stream.start_response(status, reason, out, length, no_body=self._no_body)
+        if not self._no_body:
+            self.stream.register_producer(self)
+            self._arm_timer(self.timeouts.body_idle)
+
+    def response_body(self, data: bytes) -> None:
+        if self.done:
+            return
+        self.record.bytes_sent += len(data)
+        self._last_progress = self.clock.seconds()
+        self.stream.send_body(data)
+
+    def response_end(self) -> None:
+        if self.done:
+            return
+        conn, self.conn = self.conn, None
+        self._cancel_timer()
+        if not self._no_body:
+            self.stream.unregister_producer()
+        if (
+            conn is not None
+            and conn.transport is not None
+            and self.head.has_body
+            and not self._body_ended
+        ):
+            # The origin answered before the upload finished: that connection is spent.
+            conn.transport.unregisterProducer()
+            conn.abort()
+        elif conn is not None:
+            self.proxy.pool.release(conn)
+        self.stream.end_response()
+        self._finish()
+
+    def response_failed(self, err: OriginError) -> None:
+        if self.done:
+            return
+        self._attempt_failed(err)
+
+    # -- IPushProducer: the client's socket tells the origin to wait -------------
+
+    def pauseProducing(self) -> None:
+        if self.conn is not None and self.conn.transport is not None:
+            self.conn.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self.conn is not None and self.conn.transport is not None:
+            self.conn.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.client_lost()
+
+    # -- timeouts -------------------------------------------------------------------
+
+    def _arm_timer(self, seconds: float) -> None:
+        self._last_progress = self.clock.seconds()
+        self._timer_limit = seconds
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(seconds)
+        else:
+            self._timer = self.clock.callLater(seconds, self._check_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _check_timer(self) -> None:
+        """Fires when no progress was seen for the current limit; re-arms otherwise."""
+        self._timer = None
+        idle = self.clock.seconds() - self._last_progress
+        if idle < self._timer_limit:
+            self._timer = self.clock.callLater(self._timer_limit - idle, self._check_timer)
+            return
+        if self._response_started:
+            detail = f"origin sent no body bytes for {self._timer_limit:g}s (body_idle)"
+        else:
+            detail = f"origin sent no response headers within {self._timer_limit:g}s"
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+        self._attempt_failed(OriginError(ErrorCode.ORIGIN_TIMEOUT, detail, request_sent=True))
+
+    # -- endings ---------------------------------------------------------------------
+
+    def fail(self, err: OriginError) -> None:
+        """Answer the client with the error's status, or cut it off if that is too late."""
+        if self.done:
+            return
+        self.record.error = err.code.value
+        self.record.error_detail = err.detail
+        if self._response_started or self.stream.started:
+            self._abort_client(err)
+            return
+        if self.stream.connected:
+            self.record.status = err.code.status
+            self.record.bytes_sent = self.stream.send_error(err.code, self.request_id)
+        self._finish()
+
+    def _abort_client(self, err: OriginError) -> None:
+        self.record.error = err.code.value
+        self.record.error_detail = err.detail
+        self._drop_origin()
+        self.stream.abort()
+        self._finish()
+
+    def _drop_origin(self) -> None:
+        self._cancel_timer()
+        if self._cancel_acquire is not None:
+            self._cancel_acquire()
+            self._cancel_acquire = None
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+
+    def _finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._cancel_timer()
+        self.proxy.in_flight -= 1
+        rec = self.record
+        rec.duration_ms = (self.clock.seconds() - self.t0) * 1000.0
+        if rec.error is not None:
+            level = log.warn if rec.error.startswith("origin_") else log.debug
+            level(
+                "{request_id} {host}{path} -> {status} {error}: {detail}",
+                request_id=rec.request_id,
+                host=rec.host,
+                path=rec.path,
+                status=rec.status,
+                error=rec.error,
+                detail=rec.error_detail,
+            )
+        self.proxy.access_log.write(rec)
+
+
+@implementer(IPushProducer)
+class _UploadProducer:
+    """The origin's socket tells the client to wait: pauses reading the request body."""
+
+    def __init__(self, stream: ClientStream) -> None:
+        self.stream = stream
+
+    def pauseProducing(self) -> None:
+        self.stream.pause_request_body()
+
+    def resumeProducing(self) -> None:
+        self.stream.resume_request_body()
+
+    def stopProducing(self) -> None:
+        self.stream.resume_request_body()

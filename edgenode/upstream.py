@@ -1,0 +1,662 @@
+"""The origin side: HTTP/1.1 client connections, the pool keyed by route, and balancing.
+
+Invariants:
+- A pooled connection is handed out only to a request whose route has the same
+  `pool_key` (address, port, TLS on/off, SNI, verify name, verify on/off, trust, min TLS).
+  A connection is never shared across SNI values.
+- A connection is "ready" only after its TLS handshake (and our verification) finished,
+  so a failure before ready means no request byte reached the origin.
+- `limits.origin_max_connections` caps open connections per origin server (address,
+  port), whatever the route; beyond it requests wait up to `origin_queue_timeout`.
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import attrs
+import httptools
+from twisted.internet import error as neterror
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import ClientFactory
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.internet.task import LoopingCall
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from edgenode.errors import ErrorCode, OriginError
+from edgenode.headers import Headers
+from edgenode.tls import ConnectionTLS, OriginTLSCreator
+
+MAX_RESPONSE_HEAD_BYTES = 65536
+
+
+class StaleConnection(OriginError):
+    """A reused pooled connection closed before any response byte arrived."""
+
+
+@attrs.frozen
+class OriginRoute:
+    """How to reach one origin for one domain: address plus the whole TLS identity."""
+
+    address: str
+    port: int
+    tls: bool
+    sni: str | None
+    verify_name: str
+    verify: bool
+    trust_id: str
+    min_tls: str
+    idle_timeout: float = attrs.field(eq=False, default=60.0)
+    creator: OriginTLSCreator | None = attrs.field(eq=False, default=None, repr=False)
+
+    @property
+    def pool_key(self) -> tuple[object, ...]:
+        """Everything that makes two connections non-interchangeable."""
+        return (
+            self.address,
+            self.port,
+            self.tls,
+            self.sni,
+            self.verify_name,
+            self.verify,
+            self.trust_id,
+            self.min_tls,
+        )
+
+    @property
+    def server(self) -> tuple[str, int]:
+        return (self.address, self.port)
+
+    @property
+    def label(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+
+class ResponseListener(Protocol):
+    """What an upstream connection tells the exchange that sent a request on it."""
+
+    def response_head(
+        self, status: int, reason: bytes, headers: Headers, length: int | None
+    ) -> None: ...
+
+    def response_body(self, data: bytes) -> None: ...
+
+    def response_end(self) -> None: ...
+
+    def response_failed(self, err: OriginError) -> None: ...
+
+
+class ConnectionWaiter(Protocol):
+    """Who asked the pool for a connection."""
+
+    def connection_ready(self, conn: UpstreamConnection) -> None: ...
+
+    def connection_failed(self, err: OriginError) -> None: ...
+
+
+class _HeadersOnly(Exception):
+    """Stops the parser after the head of a response that has no body (HEAD)."""
+
+
+_CONNECTING, _IDLE, _BUSY, _CLOSED = range(4)
+
+
+@implementer(IHandshakeListener)
+class UpstreamConnection(TwistedProtocol):
+    """One HTTP/1.1 connection to an origin, parsed with httptools (llhttp)."""
+
+    tls: ConnectionTLS | None = None
+
+    def __init__(
+        self, pool: OriginPool, route: OriginRoute, now: float, handshake_timeout: float
+    ) -> None:
+        self.pool = pool
+        self.route = route
+        self.handshake_timeout = handshake_timeout
+        self.state = _CONNECTING
+        self.requests = 0  # requests sent on this connection so far
+        self.started = now
+        self.connect_ms: float | None = None
+        self.handshake_ms: float | None = None
+        self.idle_since = 0.0
+        self.retired = False
+        self._waiter: ConnectionWaiter | None = None
+        self._handshake_timer: Any = None
+        self._listener: ResponseListener | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._reset_response()
+
+    # -- connection setup -------------------------------------------------
+
+    def connectionMade(self) -> None:
+        now = self.pool.clock.seconds()
+        self.connect_ms = (now - self.started) * 1000.0
+        _set_nodelay(self.transport)
+        if self.route.tls:
+            self._handshake_timer = self.pool.clock.callLater(
+                self.handshake_timeout, self._handshake_timed_out, self.handshake_timeout
+            )
+            self._handshake_started = now
+        else:
+            self._became_ready()
+
+    def handshakeCompleted(self) -> None:
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+        self.handshake_ms = (self.pool.clock.seconds() - self._handshake_started) * 1000.0
+        if self.tls is not None:
+            self.tls.capture_peer()
+        self._became_ready()
+
+    def _became_ready(self) -> None:
+        self.state = _BUSY
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.connection_ready(self)
+        else:  # the requester went away while we connected: keep it for the next one
+            self.pool.release(self)
+
+    def _handshake_timed_out(self, timeout: float) -> None:
+        self._handshake_timer = None
+        err = OriginError(
+            ErrorCode.ORIGIN_TIMEOUT, f"TLS handshake did not complete within {timeout:g}s"
+        )
+        if self.tls is not None and self.tls.failure is None:
+            self.tls.failure = err
+        self._fail_setup(err)
+        self.transport.abortConnection()
+
+    def _fail_setup(self, err: OriginError) -> None:
+        if self.state != _CONNECTING:
+            return
+        self.state = _CLOSED
+        self.pool._connection_closed(self)
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.connection_failed(err)
+
+    # -- sending ----------------------------------------------------------
+
+    def send_request(self, head: bytes, listener: ResponseListener, *, head_only: bool) -> None:
+        """Write a request head; the body, if any, follows through `write_body`."""
+        self._listener = listener
+        self._head_only = head_only
+        self.requests += 1
+        self.transport.write(head)
+
+    def write_body(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    # -- receiving --------------------------------------------------------
+
+    def _reset_response(self) -> None:
+        self._status = 0
+        self._reason = b""
+        self._headers: Headers = []
+        self._head_bytes = 0
+        self._in_head = True
+        self._got_bytes = False
+        self._length: int | None = None
+        self._chunked = False
+        self._complete = False
+        self._keep_alive = False
+        self._head_only = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state != _BUSY or self._listener is None:
+            # An idle connection must be silent; bytes now mean a confused origin.
+            self.transport.abortConnection()
+            return
+        self._got_bytes = True
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_RESPONSE_HEAD_BYTES:
+                self._protocol_error(f"response head larger than {MAX_RESPONSE_HEAD_BYTES} bytes")
+                return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            if isinstance(e.__context__, _HeadersOnly):
+                # HEAD: the head is the whole response. Anything after it in this read
+                # would be a body the origin must not send; then the connection is not reusable.
+                self._complete = True
+                if not data.endswith(b"\r\n\r\n"):
+                    self.retired = True
+                self._parser = httptools.HttpResponseParser(self)
+            else:
+                raise
+        except httptools.HttpParserError as e:
+            self._protocol_error(f"malformed response from origin: {e}")
+            return
+        if self._complete:
+            self._finish_response()
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        lower = name.lower()
+        if lower == b"content-length":
+            self._length = int(value)
+        elif lower == b"transfer-encoding" and value.lower().endswith(b"chunked"):
+            self._chunked = True
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            # Interim responses (100 Continue, 103 Early Hints) are not relayed; the
+            # parser goes on to the next message on this connection.
+            self._headers = []
+            self._reason = b""
+            self._length = None
+            self._chunked = False
+            return
+        self._status = status
+        self._in_head = False
+        if self._chunked:
+            self._length = None
+        listener = self._listener
+        if listener is not None:
+            listener.response_head(status, self._reason.strip(), self._headers, self._length)
+        if self._head_only:
+            self._keep_alive = self._parser.should_keep_alive()
+            raise _HeadersOnly()
+
+    def on_body(self, data: bytes) -> None:
+        listener = self._listener
+        if listener is not None:
+            listener.response_body(data)
+
+    def on_message_complete(self) -> None:
+        if self._status == 0:  # the end of an interim response
+            return
+        # Read it now: llhttp clears the message flags once this callback returns.
+        self._keep_alive = self._parser.should_keep_alive()
+        self._complete = True
+
+    def _finish_response(self) -> None:
+        keep = self._keep_alive and not self.retired
+        listener = self._listener
+        self._listener = None
+        self._reset_response()
+        if not keep:
+            self.retired = True
+        if listener is not None:
+            listener.response_end()
+
+    def _protocol_error(self, detail: str) -> None:
+        listener, self._listener = self._listener, None
+        self.retired = True
+        self.transport.abortConnection()
+        if listener is not None:
+            listener.response_failed(
+                OriginError(ErrorCode.ORIGIN_PROTOCOL_ERROR, detail, request_sent=True)
+            )
+
+    # -- teardown ---------------------------------------------------------
+
+    def abort(self) -> None:
+        """Drop the connection now (client gone, timeout): never back into the pool."""
+        self._listener = None
+        self.retired = True
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def close_idle(self) -> None:
+        self.retired = True
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+        state, self.state = self.state, _CLOSED
+        if state == _CONNECTING:
+            err = _setup_error(self, reason.value if reason is not None else None)
+            self.state = _CONNECTING
+            self._fail_setup(err)
+            return
+        self.pool._connection_closed(self)
+        listener, self._listener = self._listener, None
+        if listener is None:
+            return
+        if not self._in_head and self._length is None and not self._chunked and not self._head_only:
+            listener.response_end()  # a body delimited by the connection closing
+            return
+        reused = self.requests > 1
+        if not self._got_bytes:
+            cls = StaleConnection if reused else OriginError
+            listener.response_failed(
+                cls(
+                    ErrorCode.ORIGIN_PROTOCOL_ERROR,
+                    "origin closed the connection before responding"
+                    + (" (reused keep-alive connection)" if reused else ""),
+                    request_sent=True,
+                )
+            )
+        else:
+            where = "response head" if self._in_head else "response body"
+            listener.response_failed(
+                OriginError(
+                    ErrorCode.ORIGIN_PROTOCOL_ERROR,
+                    f"origin connection lost in the middle of the {where}",
+                    request_sent=True,
+                )
+            )
+
+
+def _setup_error(conn: UpstreamConnection, exc: BaseException | None) -> OriginError:
+    if conn.tls is not None:
+        if conn.tls.failure is not None:
+            return conn.tls.failure
+        if isinstance(exc, (neterror.ConnectionLost, neterror.ConnectionDone)):
+            return OriginError(
+                ErrorCode.ORIGIN_TLS_FAILED,
+                f"origin closed the connection during the TLS handshake ({type(exc).__name__})",
+            )
+        return conn.tls.classify_handshake_failure(exc or Exception("connection lost"))
+    return OriginError(ErrorCode.ORIGIN_CONNECT_FAILED, f"connection lost while connecting: {exc}")
+
+
+def _set_nodelay(transport: Any) -> None:
+    handle = transport.getHandle() if hasattr(transport, "getHandle") else None
+    if isinstance(handle, socket.socket):
+        handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _ConnectionFactory(ClientFactory):
+    """Builds the one UpstreamConnection of one connect attempt and reports connect failures."""
+
+    noisy = False
+
+    def __init__(self, conn: UpstreamConnection, connect_timeout: float) -> None:
+        self.conn = conn
+        self.connect_timeout = connect_timeout
+
+    def buildProtocol(self, addr: Any) -> UpstreamConnection:
+        return self.conn
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        exc = reason.value
+        if isinstance(exc, neterror.TimeoutError):
+            err = OriginError(
+                ErrorCode.ORIGIN_TIMEOUT,
+                f"TCP connect did not complete within {self.connect_timeout:g}s",
+            )
+        else:
+            err = OriginError(
+                ErrorCode.ORIGIN_CONNECT_FAILED, f"TCP connect failed: {_describe(exc)}"
+            )
+        self.conn._fail_setup(err)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, neterror.ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, neterror.DNSLookupError):
+        return f"DNS lookup failed ({exc})"
+    return str(exc) or type(exc).__name__
+
+
+class _PlainTLSFactory(TLSMemoryBIOFactory):
+    # The plain TLS protocol: we write each head and body chunk once, so Twisted's
+    # small-write aggregation (a callLater(0) per write batch) only costs us.
+    protocol = TLSMemoryBIOProtocol
+    noisy = False
+
+
+@attrs.define
+class _Waiting:
+    route: OriginRoute
+    waiter: ConnectionWaiter
+    connect_timeout: float
+    handshake_timeout: float
+    timer: Any = None
+    cancelled: bool = False
+
+
+class OriginPool:
+    """Idle connections by route key; a cap of open connections per origin server."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        max_per_server: int,
+        queue_timeout: float,
+        connect_timeout: Callable[[OriginRoute], float] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.clock = reactor
+        self.max_per_server = max_per_server
+        self.queue_timeout = queue_timeout
+        self._idle: dict[tuple[object, ...], list[UpstreamConnection]] = {}
+        self._open: collections.Counter[tuple[str, int]] = collections.Counter()
+        self._queues: dict[tuple[str, int], collections.deque[_Waiting]] = {}
+        self._sweeper = LoopingCall(self._sweep_idle)
+        self._sweeper.clock = reactor
+        self.handshakes = 0
+        self.reuses = 0
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        if not self._sweeper.running:
+            self._sweeper.start(1.0, now=False)
+
+    def stop(self) -> None:
+        if self._sweeper.running:
+            self._sweeper.stop()
+        for conns in list(self._idle.values()):
+            for conn in list(conns):
+                conn.close_idle()
+        self._idle.clear()
+        for queue in self._queues.values():
+            for w in queue:
+                if w.timer is not None and w.timer.active():
+                    w.timer.cancel()
+        self._queues.clear()
+
+    # -- acquiring ----------------------------------------------------------
+
+    def acquire(
+        self,
+        route: OriginRoute,
+        waiter: ConnectionWaiter,
+        *,
+        connect_timeout: float,
+        handshake_timeout: float,
+        fresh: bool = False,
+    ) -> Callable[[], None]:
+        """Hand `waiter` a ready connection for `route`; returns a cancel function."""
+        if not fresh:
+            idle = self._idle.get(route.pool_key)
+            while idle:
+                conn = idle.pop()
+                if conn.state == _IDLE:
+                    conn.state = _BUSY
+                    self.reuses += 1
+                    waiter.connection_ready(conn)
+                    return _noop
+        server = route.server
+        if self._open[server] >= self.max_per_server and not self._evict_idle_of(server):
+            return self._enqueue(route, waiter, connect_timeout, handshake_timeout)
+        conn = self._connect(route, connect_timeout, handshake_timeout)
+        conn._waiter = waiter
+        return lambda: _abandon(conn)
+
+    def _connect(
+        self, route: OriginRoute, connect_timeout: float, handshake_timeout: float
+    ) -> UpstreamConnection:
+        conn = UpstreamConnection(self, route, self.clock.seconds(), handshake_timeout)
+        self._open[route.server] += 1
+        factory: ClientFactory = _ConnectionFactory(conn, connect_timeout)
+        if route.tls:
+            assert route.creator is not None
+            self.handshakes += 1
+            factory = _PlainTLSFactory(route.creator, True, factory)
+        self.reactor.connectTCP(route.address, route.port, factory, timeout=connect_timeout)
+        return conn
+
+    def _evict_idle_of(self, server: tuple[str, int]) -> bool:
+        """Close one idle connection of another route to the same server, to make room."""
+        for key, conns in self._idle.items():
+            if key[:2] == server and conns:
+                conns.pop(0).close_idle()
+                return True
+        return False
+
+    def _enqueue(
+        self,
+        route: OriginRoute,
+        waiter: ConnectionWaiter,
+        connect_timeout: float,
+        handshake_timeout: float,
+    ) -> Callable[[], None]:
+        entry = _Waiting(route, waiter, connect_timeout, handshake_timeout)
+        entry.timer = self.clock.callLater(self.queue_timeout, self._queue_timed_out, entry)
+        self._queues.setdefault(route.server, collections.deque()).append(entry)
+
+        def cancel() -> None:
+            entry.cancelled = True
+            if entry.timer.active():
+                entry.timer.cancel()
+
+        return cancel
+
+    def _queue_timed_out(self, entry: _Waiting) -> None:
+        entry.cancelled = True
+        entry.waiter.connection_failed(
+            OriginError(
+                ErrorCode.ORIGIN_BUSY,
+                f"no connection slot to {entry.route.label} within {self.queue_timeout:g}s "
+                f"({self.max_per_server} connections open)",
+            )
+        )
+
+    def _serve_queue(self, server: tuple[str, int]) -> None:
+        queue = self._queues.get(server)
+        while queue and self._open[server] < self.max_per_server:
+            entry = queue.popleft()
+            if entry.cancelled:
+                continue
+            entry.timer.cancel()
+            self.acquire(
+                entry.route,
+                entry.waiter,
+                connect_timeout=entry.connect_timeout,
+                handshake_timeout=entry.handshake_timeout,
+            )
+        if queue is not None and not queue:
+            del self._queues[server]
+
+    # -- returning ----------------------------------------------------------
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """A connection whose exchange finished cleanly: keep it, unless it must go."""
+        if conn.state == _CLOSED:
+            return
+        if conn.retired:
+            conn.close_idle()
+            return
+        queue = self._queues.get(conn.route.server)
+        if queue:
+            for entry in queue:
+                if not entry.cancelled and entry.route.pool_key == conn.route.pool_key:
+                    queue.remove(entry)
+                    entry.timer.cancel()
+                    self.reuses += 1
+                    entry.waiter.connection_ready(conn)
+                    return
+        conn.state = _IDLE
+        conn.idle_since = self.clock.seconds()
+        self._idle.setdefault(conn.route.pool_key, []).append(conn)
+        if queue:
+            # Others wait for this server on another route: give them the slot.
+            self._idle[conn.route.pool_key].remove(conn)
+            conn.close_idle()
+
+    def _connection_closed(self, conn: UpstreamConnection) -> None:
+        server = conn.route.server
+        self._open[server] -= 1
+        if self._open[server] <= 0:
+            del self._open[server]
+        idle = self._idle.get(conn.route.pool_key)
+        if idle and conn in idle:
+            idle.remove(conn)
+            if not idle:
+                del self._idle[conn.route.pool_key]
+        if server in self._queues:
+            self._serve_queue(server)
+
+    def _sweep_idle(self) -> None:
+        now = self.clock.seconds()
+        for conns in list(self._idle.values()):
+            for conn in [c for c in conns if now - c.idle_since >= c.route.idle_timeout]:
+                conns.remove(conn)
+                conn.close_idle()
+
+    def retain(self, keys: set[tuple[object, ...]]) -> int:
+        """After a reload: close idle connections of routes that no longer exist."""
+        closed = 0
+        for key in [k for k in self._idle if k not in keys]:
+            for conn in self._idle.pop(key):
+                conn.close_idle()
+                closed += 1
+        return closed
+
+    def idle_count(self, key: tuple[object, ...] | None = None) -> int:
+        if key is not None:
+            return len(self._idle.get(key, ()))
+        return sum(len(v) for v in self._idle.values())
+
+    def open_count(self, server: tuple[str, int]) -> int:
+        return self._open.get(server, 0)
+
+
+def _noop() -> None:
+    return None
+
+
+def _abandon(conn: UpstreamConnection) -> None:
+    """The requester gave up while this connection was being set up."""
+    conn._waiter = None
+
+
+class Balancer:
+    """Priority groups, each served by smooth weighted round robin (as nginx does)."""
+
+    def __init__(self, routes: Sequence[tuple[int, int, OriginRoute]]) -> None:
+        groups: dict[int, list[tuple[int, OriginRoute]]] = {}
+        for priority, weight, route in routes:
+            groups.setdefault(priority, []).append((weight, route))
+        self._groups = [groups[p] for p in sorted(groups)]
+        self._current = [[0] * len(g) for g in self._groups]
+
+    def plan(self) -> list[OriginRoute]:
+        """Every origin once, in the order to try them for one request."""
+        order: list[OriginRoute] = []
+        for group, current in zip(self._groups, self._current, strict=True):
+            if len(group) == 1:
+                order.append(group[0][1])
+                continue
+            total = 0
+            best = 0
+            for i, (weight, _) in enumerate(group):
+                current[i] += weight
+                total += weight
+                if current[i] > current[best]:
+                    best = i
+            current[best] -= total
+            order.append(group[best][1])
+            rest = sorted((i for i in range(len(group)) if i != best), key=lambda i: -current[i])
+            order.extend(group[i][1] for i in rest)
+        return order

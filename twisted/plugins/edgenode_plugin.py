@@ -1,0 +1,8 @@
+from twisted.application.service import ServiceMaker
+
+edgenode = ServiceMaker(
+    "edgenode",
+    "edgenode.service",
+    "CDN edge node: HTTPS back-to-origin with origin SNI",
+    "edgenode",
+)
