@@ -122,6 +122,11 @@ class AccessLog:
         if self._file is not None:
             self._file.write(record.to_json_line())
 
+    def reopen(self) -> None:
+        """Start writing to a fresh file at `target` (after `mv` for rotation, or a new path)."""
+        self.close()
+        self.open()
+
     def close(self) -> None:
         if self._file is not None and self.target != "-":
             self._file.close()

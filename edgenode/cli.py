@@ -9,8 +9,11 @@ target could not be reached.
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from edgenode.config import Config, load_config
 from edgenode.errors import ConfigError
@@ -87,9 +90,108 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+# --- reload --------------------------------------------------------------------------------
+
+
+def add_reload_command(subcommands: Subcommands) -> None:
+    """`edgenode reload [--config F]`: POST /reload on the running edge's admin API."""
+    reload = subcommands.add_parser(
+        "reload",
+        help="ask the running edge to re-read its config",
+        description=(
+            "Read the admin address and token from the config, POST /reload, print the "
+            "diff (exit 0) or the problems (exit 1). Exit 2 if the edge cannot be reached."
+        ),
+    )
+    reload.add_argument(
+        "--config", default="etc/edgenode.yaml", metavar="FILE", help="default: %(default)s"
+    )
+    reload.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    reload.set_defaults(run=run_reload)
+
+
+def run_reload(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        # The edge would reject this file too; say so without bothering it.
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        status, body = admin_call(config, "POST", "/reload", timeout=args.timeout)
+    except (OSError, ValueError) as err:
+        print(
+            f"{PROG}: cannot reach the admin API at {config.admin.listen}: {err}", file=sys.stderr
+        )
+        return EXIT_USAGE
+    if status == 200:
+        print(f"{PROG}: reloaded, generation {body['generation']}")
+        for line in describe_changes(body):
+            print(f"  {line}")
+        return EXIT_OK
+    if status == 422:
+        print(f"{PROG}: reload rejected; still running generation {body.get('generation')}:")
+        for problem in body.get("errors", []):
+            print(f"  {problem['path']}: {problem['message']}")
+        return EXIT_FAILED
+    print(f"{PROG}: admin API answered {status}: {body}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def describe_changes(body: dict[str, Any]) -> list[str]:
+    changed = body.get("changed", {})
+    lines = [f"added {name}" for name in changed.get("added", [])]
+    lines += [f"removed {name}" for name in changed.get("removed", [])]
+    for name, changes in changed.get("changed", {}).items():
+        lines += [f"{name}: {change}" for change in changes]
+    lines += list(changed.get("settings", []))
+    lines += [f"{line} (needs a restart)" for line in body.get("restart_required", [])]
+    return lines or ["no changes"]
+
+
+def admin_call(
+    config: Config, method: str, path: str, *, timeout: float = 10.0
+) -> tuple[int, dict[str, Any]]:
+    """One authenticated admin API request, using the address and token of `config`."""
+    host, port = admin_address(config.admin.listen)
+    token = config.admin.token_file.read_text().strip()
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request(method, path, headers={"Authorization": f"Bearer {token}"})
+        resp = conn.getresponse()
+        raw = resp.read()
+    finally:
+        conn.close()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = {"raw": raw.decode("utf-8", "replace")}
+    return resp.status, body
+
+
+def admin_address(listen: str) -> tuple[str, int]:
+    """Where to reach a `tcp:PORT[:interface=ADDR]` admin listener from this host."""
+    kind, _, rest = listen.partition(":")
+    if kind not in ("tcp", "tcp6"):
+        raise ValueError(f"only tcp admin listeners can be reached by this tool, not {listen!r}")
+    port: int | None = None
+    host = "127.0.0.1" if kind == "tcp" else "::1"
+    for part in rest.split(":"):
+        key, eq, value = part.partition("=")
+        if not eq:
+            port = int(key)
+        elif key == "port":
+            port = int(value)
+        elif key == "interface" and value not in ("0.0.0.0", "::"):
+            host = value.replace("\\", "")
+    if port is None:
+        raise ValueError(f"no port in admin listener {listen!r}")
+    return host, port
+
+
 # The registered subcommands, in the order `--help` lists them. `tail`, `reload` and
 # `probe` (SPEC §2) are added here as they are written.
-COMMANDS: tuple[Callable[[Subcommands], None], ...] = (add_check_command,)
+COMMANDS: tuple[Callable[[Subcommands], None], ...] = (add_check_command, add_reload_command)
 
 
 if __name__ == "__main__":

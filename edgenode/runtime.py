@@ -89,3 +89,115 @@ class RuntimeHolder:
     def swap(self, new: Runtime) -> Runtime:
         old, self.current = self.current, new
         return old
+
+
+def effective_domain(domain: Domain) -> dict[str, object]:
+    """One domain as it runs: per origin the SNI actually sent and the name verified."""
+    return {
+        "name": domain.name,
+        "origin_protocol": domain.origin_protocol,
+        "origin_host": domain.origin_host,
+        "origin_sni": {"enabled": domain.origin_sni.enabled, "value": domain.origin_sni.value},
+        "verify": domain.verify,
+        "timeouts": attrs.asdict(domain.timeouts),
+        "origins": [
+            {
+                "address": o.address,
+                "port": o.port,
+                "priority": o.priority,
+                "weight": o.weight,
+                "sni": o.sni,
+                "effective_sni": domain.sni_for(o),
+                "verify_name": domain.verify_name_for(o) if domain.verify else None,
+            }
+            for o in domain.origins
+        ],
+    }
+
+
+def effective_config(runtime: Runtime) -> dict[str, object]:
+    """The running config as the admin API shows it; the admin token is never included."""
+    config = runtime.config
+    return {
+        "generation": runtime.generation,
+        "source": str(config.source) if config.source else None,
+        "listen": config.listen,
+        "admin": {"listen": config.admin.listen, "token_file": str(config.admin.token_file)},
+        "access_log": None if config.access_log is None else str(config.access_log),
+        "tls": {
+            "ca_file": str(config.tls.ca_file) if config.tls.ca_file else None,
+            "min_version": config.tls.min_version,
+            "trust_id": runtime.profile.trust_id,
+        },
+        "timeouts": attrs.asdict(config.timeouts),
+        "limits": attrs.asdict(config.limits),
+        "domains": {name: effective_domain(d) for name, d in sorted(config.domains.items())},
+    }
+
+
+# Settings a running process cannot change: they name the sockets it listens on.
+RESTART_ONLY = ("listen", "admin.listen")
+
+
+def config_diff(old: Config, new: Config) -> dict[str, object]:
+    """What a reload changes: domains added/removed/changed (field by field), other settings."""
+    changed: dict[str, list[str]] = {}
+    for name in sorted(old.domains.keys() & new.domains.keys()):
+        lines = _changes(
+            _flatten(effective_domain(old.domains[name])),
+            _flatten(effective_domain(new.domains[name])),
+        )
+        if lines:
+            changed[name] = lines
+    old_rest, new_rest = _flatten(_settings(old)), _flatten(_settings(new))
+    settings = _changes(old_rest, new_rest)
+    restart = [line for line in settings if line.split(":", 1)[0] in RESTART_ONLY]
+    return {
+        "added": sorted(new.domains.keys() - old.domains.keys()),
+        "removed": sorted(old.domains.keys() - new.domains.keys()),
+        "changed": changed,
+        "settings": [line for line in settings if line not in restart],
+        "restart_required": restart,
+    }
+
+
+def _settings(config: Config) -> dict[str, object]:
+    return {
+        "listen": config.listen,
+        "admin": {"listen": config.admin.listen, "token_file": str(config.admin.token_file)},
+        "access_log": None if config.access_log is None else str(config.access_log),
+        "tls": {
+            "ca_file": str(config.tls.ca_file) if config.tls.ca_file else None,
+            "min_version": config.tls.min_version,
+        },
+        "timeouts": attrs.asdict(config.timeouts),
+        "limits": attrs.asdict(config.limits),
+    }
+
+
+def _flatten(value: object, prefix: str = "") -> dict[str, object]:
+    """{'a': {'b': [x]}} -> {'a.b[0]': x}: paths the way config errors name them."""
+    if isinstance(value, dict):
+        out: dict[str, object] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(value, list):
+        out = {}
+        for i, item in enumerate(value):
+            out.update(_flatten(item, f"{prefix}[{i}]"))
+        return out
+    return {prefix: value}
+
+
+def _changes(old: dict[str, object], new: dict[str, object]) -> list[str]:
+    lines = []
+    for key in sorted(old.keys() | new.keys()):
+        before, after = old.get(key, "(none)"), new.get(key, "(none)")
+        if before != after:
+            lines.append(f"{key}: {_show(before)} -> {_show(after)}")
+    return lines
+
+
+def _show(value: object) -> str:
+    return "null" if value is None else str(value)

@@ -1,0 +1,167 @@
+"""The admin site on twisted.web: token auth, reload, config views (SPEC §5)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from edgenode.hostnames import normalize_request_host
+from edgenode.runtime import RuntimeHolder, effective_config, effective_domain
+
+log = Logger()
+
+MAX_ADMIN_BODY = 65536  # the admin API takes no real bodies; anything larger is refused
+
+
+@attrs.frozen
+class ReloadResult:
+    """The outcome of one reload: the new generation and diff, or the problems."""
+
+    ok: bool
+    generation: int
+    changed: dict[str, Any] | None = None
+    errors: tuple[dict[str, str], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        if self.ok:
+            assert self.changed is not None
+            restart = self.changed.get("restart_required", [])
+            return {
+                "generation": self.generation,
+                "changed": {k: v for k, v in self.changed.items() if k != "restart_required"},
+                "restart_required": restart,
+            }
+        return {"generation": self.generation, "errors": list(self.errors)}
+
+
+def ensure_token(path: Path) -> str:
+    """The admin token from `path`, created (mode 0600, random) if the file is missing."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        token = path.read_text().strip()
+        if not token:
+            raise ValueError(f"admin token file {path} is empty") from None
+        return token
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    log.info("created admin token file {path} (mode 0600)", path=str(path))
+    return token
+
+
+def is_loopback_endpoint(description: str) -> bool:
+    """Whether a Twisted server endpoint string only accepts connections from this host."""
+    kind, _, rest = description.partition(":")
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6"):
+        return False
+    for part in rest.split(":"):
+        if part.startswith("interface="):
+            iface = part[len("interface=") :].replace("\\", "")
+            return iface in ("127.0.0.1", "::1", "localhost") or iface.startswith("127.")
+    return False
+
+
+class AdminResource(Resource):
+    """Every endpoint of the admin API; all but GET /healthz need the bearer token."""
+
+    isLeaf = True
+
+    def __init__(
+        self, holder: RuntimeHolder, token: str, reload: Callable[[str], ReloadResult]
+    ) -> None:
+        super().__init__()
+        self.holder = holder
+        self._expected = f"Bearer {token}".encode()
+        self._reload = reload
+
+    def render(self, request: Request) -> bytes:
+        path = request.path.rstrip(b"/") or b"/"
+        method = request.method
+        if path == b"/healthz":
+            if method not in (b"GET", b"HEAD"):
+                return _method_not_allowed(request, b"GET")
+            return _json(
+                request, 200, {"status": "ok", "generation": self.holder.current.generation}
+            )
+        if not self._authorized(request):
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="edgenode admin"')
+            return _json(
+                request, 401, {"error": "unauthorized", "detail": "missing or wrong bearer token"}
+            )
+        if path == b"/reload":
+            if method != b"POST":
+                return _method_not_allowed(request, b"POST")
+            result = self._reload("admin")
+            return _json(request, 200 if result.ok else 422, result.to_json())
+        if path == b"/config":
+            if method not in (b"GET", b"HEAD"):
+                return _method_not_allowed(request, b"GET")
+            return _json(request, 200, effective_config(self.holder.current))
+        if path.startswith(b"/domains/"):
+            if method not in (b"GET", b"HEAD"):
+                return _method_not_allowed(request, b"GET")
+            return self._domain(request, path[len(b"/domains/") :])
+        return _json(
+            request, 404, {"error": "not_found", "detail": f"no admin endpoint {_text(path)}"}
+        )
+
+    def _authorized(self, request: Request) -> bool:
+        given = request.getHeader(b"authorization") or b""
+        return hmac.compare_digest(given, self._expected)
+
+    def _domain(self, request: Request, raw: bytes) -> bytes:
+        name = normalize_request_host(raw) if b"/" not in raw else None
+        runtime = self.holder.current
+        domain = runtime.domains.get(name) if name else None
+        if domain is None:
+            return _json(
+                request, 404, {"error": "unknown_domain", "detail": f"no domain {_text(raw)!r}"}
+            )
+        body = effective_domain(domain.config)
+        body["generation"] = runtime.generation
+        return _json(request, 200, body)
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("latin-1")[:200]
+
+
+def _json(request: Request, status: int, body: Any) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(body, indent=2).encode() + b"\n"
+
+
+def _method_not_allowed(request: Request, allowed: bytes) -> bytes:
+    request.setHeader(b"Allow", allowed)
+    return _json(request, 405, {"error": "method_not_allowed", "allowed": allowed.decode()})
+
+
+class AdminSite(Site):
+    """The admin site; its request log goes to the twistd log without any header values."""
+
+    def __init__(self, resource: AdminResource) -> None:
+        super().__init__(resource)
+        self.displayTracebacks = False
+
+    def log(self, request: Request) -> None:
+        log.info(
+            "admin {method} {path} -> {code}",
+            method=_text(request.method),
+            path=_text(request.uri),
+            code=request.code,
+        )
