@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
@@ -80,12 +81,17 @@ class AdminResource(Resource):
     isLeaf = True
 
     def __init__(
-        self, holder: RuntimeHolder, token: str, reload: Callable[[str], ReloadResult]
+        self,
+        holder: RuntimeHolder,
+        token: str,
+        reload: Callable[[str], ReloadResult],
+        metrics: Callable[[], bytes] | None = None,
     ) -> None:
         super().__init__()
         self.holder = holder
         self._expected = f"Bearer {token}".encode()
         self._reload = reload
+        self._metrics = metrics
 
     def render(self, request: Request) -> bytes:
         path = request.path.rstrip(b"/") or b"/"
@@ -110,6 +116,11 @@ class AdminResource(Resource):
             if method not in (b"GET", b"HEAD"):
                 return _method_not_allowed(request, b"GET")
             return _json(request, 200, effective_config(self.holder.current))
+        if path == b"/metrics" and self._metrics is not None:
+            if method not in (b"GET", b"HEAD"):
+                return _method_not_allowed(request, b"GET")
+            request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
+            return self._metrics()
         if path.startswith(b"/domains/"):
             if method not in (b"GET", b"HEAD"):
                 return _method_not_allowed(request, b"GET")

@@ -81,6 +81,10 @@ class RequestHandler(Protocol):
         """Answer (and log) a request the edge rejects before it could be routed."""
 
 
+class _StopReading(Exception):
+    """Bytes after a `Connection: close` request: not ours to parse."""
+
+
 class BadRequest(Exception):
     def __init__(self, code: ErrorCode, detail: str) -> None:
         super().__init__(detail)
@@ -211,10 +215,12 @@ class DownstreamProtocol(TwistedProtocol):
         self.lost = False
         self.draining = False
         self.closing_after_response = False
+        self._last_request_read = False
         self.current: _Request | None = None
         self._parsing: _Request | None = None
         self._queue: collections.deque[_Request] = collections.deque()
         self._pause_reasons: set[str] = set()
+        self._began_in_this_read = False
         self._parser = httptools.HttpRequestParser(self)
         self._timer: Any = None
         self._reset_head()
@@ -275,8 +281,9 @@ class DownstreamProtocol(TwistedProtocol):
             self.transport.resumeProducing()
 
     def dataReceived(self, data: bytes) -> None:
-        if self.closing_after_response:
+        if self.closing_after_response or self._last_request_read:
             return  # the rest of the stream is not ours to read
+        self._began_in_this_read = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -292,11 +299,16 @@ class DownstreamProtocol(TwistedProtocol):
             if isinstance(cause, BadRequest):
                 self._refuse(cause.code, cause.detail)
                 return
+            if isinstance(cause, _StopReading):
+                return
             raise
         except httptools.HttpParserError as e:
             self._refuse(ErrorCode.BAD_REQUEST, f"malformed request: {e}")
             return
-        if self._in_head:
+        if self._in_head and not self._began_in_this_read:
+            # A whole read inside one unfinished head counts in full; the read the head
+            # began in is not charged (it may hold the previous request), so a head can
+            # overshoot by one read before this catches it; on_headers_complete is exact.
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_header_bytes:
                 self._refuse(ErrorCode.REQUEST_HEADER_TOO_LARGE, "request head too large")
@@ -309,8 +321,11 @@ class DownstreamProtocol(TwistedProtocol):
         self._body_limit_hit = False
 
     def on_message_begin(self) -> None:
+        if self._last_request_read:
+            raise _StopReading()
         self._reset_head()
         self._in_head = True
+        self._began_in_this_read = True
         if self.current is None and not self._queue:
             self._set_timer(self.limits.client_header_timeout)
 
@@ -361,8 +376,10 @@ class DownstreamProtocol(TwistedProtocol):
             return
         req.ended = True
         if not req.head.keep_alive:
-            # Nothing after a `Connection: close` request is read.
-            self.closing_after_response = True
+            # Nothing after a `Connection: close` request is read; its own response
+            # (ClientStream.closing) closes the connection once it and those before are done.
+            self._last_request_read = True
+            self.pause_reading("last request")
         if req.sink is not None:
             req.sink.end()
         if req.responded and req is self.current:
@@ -385,7 +402,11 @@ class DownstreamProtocol(TwistedProtocol):
             elif lower == b"content-length":
                 content_length = int(value)
             elif lower == b"transfer-encoding":
-                chunked = True  # llhttp accepts only a final "chunked"
+                # Only plain "chunked" is forwarded: any other coding is a smuggling shape
+                # or something no origin behind a CDN should have to guess about.
+                if chunked or value.strip().lower() != b"chunked":
+                    raise BadRequest(ErrorCode.BAD_REQUEST, "unsupported Transfer-Encoding")
+                chunked = True
             elif lower == b"expect":
                 if value.lower() != b"100-continue":
                     raise BadRequest(ErrorCode.BAD_REQUEST, "unsupported Expect")
@@ -418,6 +439,8 @@ class DownstreamProtocol(TwistedProtocol):
                 ErrorCode.REQUEST_TOO_LARGE, f"Content-Length {content_length} above {limit}"
             )
         version = parser.get_http_version().encode()
+        if version not in (b"1.0", b"1.1"):
+            raise BadRequest(ErrorCode.BAD_REQUEST, f"HTTP/{version.decode()} is not served")
         return RequestHead(
             method=method,
             target=target,
@@ -494,8 +517,13 @@ class DownstreamProtocol(TwistedProtocol):
         self._queue.clear()
         if self.lost or already_closing:
             return
-        if self.current is not None:
-            # The request in flight may finish; nothing after it is read or answered.
+        current = self.current
+        if current is not None:
+            if self._parsing is current and current.sink is not None:
+                # The request in flight is itself broken (its body framing): it cannot go on.
+                self._parsing = None
+                current.sink.reject(code, detail)
+            # Otherwise it may finish; nothing after it is read or answered.
             return
         # No exchange owns the connection: answer through the handler so it gets logged.
         head = RequestHead(

@@ -94,11 +94,14 @@ class OriginError(Exception):
     origin (SPEC §4).
     """
 
-    def __init__(self, code: ErrorCode, detail: str, *, request_sent: bool = False) -> None:
+    def __init__(
+        self, code: ErrorCode, detail: str, *, request_sent: bool = False, peer: object = None
+    ) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
         self.request_sent = request_sent
+        self.peer = peer  # the certificate facts, when a handshake got that far
 
     def __repr__(self) -> str:
         return f"OriginError({self.code.value}, {self.detail!r}, sent={self.request_sent})"

@@ -31,6 +31,7 @@ from edgenode.accesslog import AccessLog, AccessRecord
 from edgenode.downstream import ClientStream, RequestHead
 from edgenode.errors import ErrorCode, OriginError
 from edgenode.headers import client_response_headers, origin_request_headers, serialize
+from edgenode.monitor import Monitor
 from edgenode.runtime import DomainRuntime, RuntimeHolder
 from edgenode.upstream import OriginPool, OriginRoute, StaleConnection, UpstreamConnection
 
@@ -45,12 +46,18 @@ class Proxy:
     """The request handler of every client connection."""
 
     def __init__(
-        self, holder: RuntimeHolder, pool: OriginPool, access_log: AccessLog, clock: Any
+        self,
+        holder: RuntimeHolder,
+        pool: OriginPool,
+        access_log: AccessLog,
+        clock: Any,
+        monitor: Monitor | None = None,
     ) -> None:
         self.holder = holder
         self.pool = pool
         self.access_log = access_log
         self.clock = clock
+        self.monitor = monitor or Monitor(clock)
         self._id_prefix = os.urandom(4).hex()
         self._counter = 0
         self.in_flight = 0
@@ -176,11 +183,16 @@ class Exchange:
         rec.connection_reused = conn.requests > 0
         rec.upstream_connect_ms = None if rec.connection_reused else conn.connect_ms
         rec.upstream_handshake_ms = None if rec.connection_reused else conn.handshake_ms
+        peer = None
         if conn.tls is not None:
+            peer = conn.tls.peer
             rec.tls_version = conn.tls.version
             rec.tls_cipher = conn.tls.cipher
             rec.tls_resumed = conn.tls.resumed
-            rec.origin_cert = conn.tls.peer.to_json() if conn.tls.peer else None
+            rec.origin_cert = peer.to_json() if peer else None
+        self.proxy.monitor.connection_used(
+            self.record.domain or "", self.route, reused=rec.connection_reused, peer=peer
+        )
         conn.send_request(self._origin_head, self, head_only=self.head.method == b"HEAD")
         if self.head.has_body:
             conn.transport.registerProducer(_UploadProducer(self.stream), True)
@@ -198,10 +210,20 @@ class Exchange:
         self._cancel_acquire = None
         if self.done:
             return
+        if err.peer is not None:
+            self.record.origin_cert = err.peer.to_json()  # type: ignore[attr-defined]
+        self.proxy.monitor.setup_failed(
+            self.record.domain or "",
+            self.route,
+            err,
+            err.peer,  # type: ignore[arg-type]
+        )
         self._attempt_failed(err)
 
     def _attempt_failed(self, err: OriginError) -> None:
         self._last_error = err
+        if err.code is not ErrorCode.ORIGIN_BUSY:
+            self.proxy.monitor.attempt_done(self.record.domain or "", self.route, err)
         self.conn = None
         self._cancel_timer()
         if self._response_started:
@@ -335,6 +357,7 @@ class Exchange:
             conn.abort()
         elif conn is not None:
             self.proxy.pool.release(conn)
+        self.proxy.monitor.attempt_done(self.record.domain or "", self.route, None)
         self.stream.end_response()
         self._finish()
 
@@ -399,6 +422,10 @@ class Exchange:
             self._abort_client(err)
             return
         if self.stream.connected:
+            if not self._body_ended:
+                # The rest of the request body is still on its way (or, with Expect, will
+                # never come): the stream cannot be trusted for a next request.
+                self.stream.closing = True
             self.record.status = err.code.status
             self.record.bytes_sent = self.stream.send_error(err.code, self.request_id)
         self._finish()
@@ -438,6 +465,7 @@ class Exchange:
                 error=rec.error,
                 detail=rec.error_detail,
             )
+        self.proxy.monitor.request_done(rec)
         self.proxy.access_log.write(rec)
 
 

@@ -25,6 +25,7 @@ from edgenode.admin import (
 from edgenode.config import Config, load_config
 from edgenode.downstream import DownstreamFactory
 from edgenode.errors import ConfigError, Problem
+from edgenode.monitor import Monitor
 from edgenode.proxy import Proxy
 from edgenode.runtime import RuntimeHolder, build_runtime, config_diff
 from edgenode.upstream import OriginPool
@@ -35,11 +36,14 @@ SHUTDOWN_GRACE = 10.0  # seconds in-flight requests get to finish on SIGTERM
 
 
 class Options(usage.Options):
-    synopsis = "--config FILE [--listen ENDPOINT] [--admin-listen ENDPOINT]"
+    synopsis = "(--config FILE | --demo) [--listen ENDPOINT] [--admin-listen ENDPOINT]"
     longdesc = (
         "A CDN edge node: HTTP/1.1 clients in, HTTPS back-to-origin with the origin SNI "
         "each domain names. See README.md and etc/edgenode.yaml."
     )
+    optFlags = [
+        ["demo", None, "Run a self-contained demo: a local TLS origin and three domains."],
+    ]
     optParameters = [
         ["config", "c", None, "The YAML config file (see etc/edgenode.yaml)."],
         ["listen", None, None, "Client-facing endpoint, overriding the config's `listen`."],
@@ -47,11 +51,15 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        if not self["config"]:
-            raise usage.UsageError("--config FILE is required")
+        if not self["config"] and not self["demo"]:
+            raise usage.UsageError("--config FILE is required (or --demo)")
+        if self["config"] and self["demo"]:
+            raise usage.UsageError("--demo builds its own config; leave out --config")
 
 
 def makeService(options: Options) -> service.IService:
+    if options["demo"]:
+        return make_demo_service(options)
     overrides: dict[str, str] = {}
     if options["listen"]:
         overrides["listen"] = options["listen"]
@@ -66,6 +74,27 @@ def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
     return EdgeService(config, reactor, overrides)
+
+
+def make_demo_service(options: Options) -> service.IService:
+    """SPEC §7: the same EdgeService, on a config built in memory, beside a local origin."""
+    from twisted.internet import reactor
+
+    from edgenode import demo  # certificates and an origin: only the demo needs them
+
+    twistd_options = getattr(options, "parent", None)
+    try:
+        demo_service = demo.DemoService(
+            reactor,
+            listen=options["listen"] or demo.DEMO_LISTEN,
+            admin_listen=options["admin-listen"] or demo.DEMO_ADMIN_LISTEN,
+            echo=not demo.log_reaches_stdout(twistd_options),
+        )
+    except ConfigError as e:  # e.g. a bad --listen
+        print(f"edgenode: not starting the demo: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    EdgeService(demo_service.config, reactor).setServiceParent(demo_service)
+    return demo_service
 
 
 def load_with_overrides(path: str | Path, overrides: dict[str, str]) -> Config:
@@ -102,7 +131,9 @@ class EdgeService(service.Service):
             queue_timeout=config.limits.origin_queue_timeout,
         )
         self.access_log = AccessLog(config.access_log)
-        self.proxy = Proxy(self.holder, self.pool, self.access_log, self.reactor)
+        self.monitor = Monitor(self.reactor, self.pool)
+        self.monitor.generation.set(1)
+        self.proxy = Proxy(self.holder, self.pool, self.access_log, self.reactor, self.monitor)
         self.factory = DownstreamFactory(self.proxy, config.limits, self.reactor)
         admin_site = self._admin_site(config)
         self._listen(config.listen, self.factory)
@@ -122,7 +153,9 @@ class EdgeService(service.Service):
                 listen=config.admin.listen,
                 path=str(config.admin.token_file),
             )
-        return AdminSite(AdminResource(self.holder, token, self.reload))
+        return AdminSite(
+            AdminResource(self.holder, token, self.reload, metrics=self.monitor.render)
+        )
 
     def _listen(self, description: str, factory: Any) -> None:
         endpoint = endpoints.serverFromString(self.reactor, description)
@@ -190,9 +223,11 @@ class EdgeService(service.Service):
                 problems=str(e),
             )
             errors = tuple({"path": p.path, "message": p.message} for p in e.problems)
+            self.monitor.reloaded(False, old.generation)
             return ReloadResult(False, old.generation, errors=errors)
         changed = config_diff(old.config, config)
         self.holder.swap(new)
+        self.monitor.reloaded(True, new.generation)
         self.factory.limits = config.limits
         self.pool.max_per_server = config.limits.origin_max_connections
         self.pool.queue_timeout = config.limits.origin_queue_timeout

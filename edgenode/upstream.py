@@ -104,6 +104,10 @@ class _HeadersOnly(Exception):
     """Stops the parser after the head of a response that has no body (HEAD)."""
 
 
+class _Unsolicited(Exception):
+    """Stops the parser at a second response in one read: nobody asked for it."""
+
+
 _CONNECTING, _IDLE, _BUSY, _CLOSED = range(4)
 
 
@@ -208,6 +212,7 @@ class UpstreamConnection(TwistedProtocol):
         self._complete = False
         self._keep_alive = False
         self._head_only = False
+        self._tail = b""  # the last bytes of the head seen so far
 
     def dataReceived(self, data: bytes) -> None:
         if self.state != _BUSY or self._listener is None:
@@ -216,6 +221,7 @@ class UpstreamConnection(TwistedProtocol):
             return
         self._got_bytes = True
         if self._in_head:
+            self._tail = (self._tail + data)[-4:]
             self._head_bytes += len(data)
             if self._head_bytes > MAX_RESPONSE_HEAD_BYTES:
                 self._protocol_error(f"response head larger than {MAX_RESPONSE_HEAD_BYTES} bytes")
@@ -224,19 +230,27 @@ class UpstreamConnection(TwistedProtocol):
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as e:
             if isinstance(e.__context__, _HeadersOnly):
-                # HEAD: the head is the whole response. Anything after it in this read
-                # would be a body the origin must not send; then the connection is not reusable.
+                # HEAD: the head is the whole response. Bytes after it would be a body the
+                # origin must not send; then the connection is not reusable.
                 self._complete = True
-                if not data.endswith(b"\r\n\r\n"):
+                if self._tail != b"\r\n\r\n":
                     self.retired = True
                 self._parser = httptools.HttpResponseParser(self)
+            elif isinstance(e.__context__, _Unsolicited):
+                self.retired = True  # the response we wanted is complete; the rest is not ours
             else:
                 raise
         except httptools.HttpParserError as e:
-            self._protocol_error(f"malformed response from origin: {e}")
-            return
+            if not self._complete:
+                self._protocol_error(f"malformed response from origin: {e}")
+                return
+            self.retired = True  # garbage after a complete response: keep the response
         if self._complete:
             self._finish_response()
+
+    def on_message_begin(self) -> None:
+        if self._complete:
+            raise _Unsolicited()
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
@@ -319,6 +333,8 @@ class UpstreamConnection(TwistedProtocol):
             self._handshake_timer.cancel()
         self._handshake_timer = None
         state, self.state = self.state, _CLOSED
+        if state == _CLOSED:
+            return  # setup already failed (handshake timeout) and was accounted for
         if state == _CONNECTING:
             err = _setup_error(self, reason.value if reason is not None else None)
             self.state = _CONNECTING
@@ -354,16 +370,23 @@ class UpstreamConnection(TwistedProtocol):
 
 
 def _setup_error(conn: UpstreamConnection, exc: BaseException | None) -> OriginError:
-    if conn.tls is not None:
-        if conn.tls.failure is not None:
-            return conn.tls.failure
-        if isinstance(exc, (neterror.ConnectionLost, neterror.ConnectionDone)):
-            return OriginError(
-                ErrorCode.ORIGIN_TLS_FAILED,
-                f"origin closed the connection during the TLS handshake ({type(exc).__name__})",
-            )
-        return conn.tls.classify_handshake_failure(exc or Exception("connection lost"))
-    return OriginError(ErrorCode.ORIGIN_CONNECT_FAILED, f"connection lost while connecting: {exc}")
+    tls = conn.tls
+    if tls is None:
+        return OriginError(
+            ErrorCode.ORIGIN_CONNECT_FAILED, f"connection lost while connecting: {exc}"
+        )
+    if tls.failure is not None:
+        err = tls.failure
+    elif isinstance(exc, (neterror.ConnectionLost, neterror.ConnectionDone)):
+        err = OriginError(
+            ErrorCode.ORIGIN_TLS_FAILED,
+            f"origin closed the connection during the TLS handshake ({type(exc).__name__})",
+        )
+    else:
+        err = tls.classify_handshake_failure(exc or Exception("connection lost"))
+    if err.peer is None:
+        err.peer = tls.peer  # what the origin presented, for the log and metrics
+    return err
 
 
 def _set_nodelay(transport: Any) -> None:
@@ -413,7 +436,7 @@ class _PlainTLSFactory(TLSMemoryBIOFactory):
     noisy = False
 
 
-@attrs.define
+@attrs.define(eq=False)
 class _Waiting:
     route: OriginRoute
     waiter: ConnectionWaiter
@@ -526,14 +549,22 @@ class OriginPool:
         self._queues.setdefault(route.server, collections.deque()).append(entry)
 
         def cancel() -> None:
-            entry.cancelled = True
             if entry.timer.active():
                 entry.timer.cancel()
+            self._dequeue(entry)
 
         return cancel
 
-    def _queue_timed_out(self, entry: _Waiting) -> None:
+    def _dequeue(self, entry: _Waiting) -> None:
         entry.cancelled = True
+        queue = self._queues.get(entry.route.server)
+        if queue is not None and entry in queue:
+            queue.remove(entry)
+            if not queue:
+                del self._queues[entry.route.server]
+
+    def _queue_timed_out(self, entry: _Waiting) -> None:
+        self._dequeue(entry)
         entry.waiter.connection_failed(
             OriginError(
                 ErrorCode.ORIGIN_BUSY,
@@ -620,6 +651,16 @@ class OriginPool:
 
     def open_count(self, server: tuple[str, int]) -> int:
         return self._open.get(server, 0)
+
+    def open_by_server(self) -> dict[tuple[str, int], int]:
+        return dict(self._open)
+
+    def idle_by_server(self) -> dict[tuple[str, int], int]:
+        counts: collections.Counter[tuple[str, int]] = collections.Counter()
+        for conns in self._idle.values():
+            for conn in conns:
+                counts[conn.route.server] += 1
+        return dict(counts)
 
 
 def _noop() -> None:

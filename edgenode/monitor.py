@@ -1,0 +1,204 @@
+"""What operators watch: Prometheus metrics and the operational events of the twistd log.
+
+Label values come only from the config (domain names, origin addresses, SNI values)
+or from fixed sets (status classes, error codes): a client can never create a series.
+Hosts that match no domain count under `domain="_unknown"`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from twisted.logger import Logger
+
+from edgenode.accesslog import AccessRecord
+from edgenode.errors import ErrorCode, OriginError
+from edgenode.tls import CertFacts
+from edgenode.upstream import OriginPool, OriginRoute
+
+log = Logger()
+
+UNKNOWN_DOMAIN = "_unknown"
+CERT_FAILURE_LOG_INTERVAL = 60.0  # at most one verification-failure line per origin+SNI per minute
+
+# How a failed connection setup shows in edgenode_origin_tls_handshakes_total{result}.
+_HANDSHAKE_RESULT = {
+    ErrorCode.ORIGIN_CERT_NAME_MISMATCH: "name_mismatch",
+    ErrorCode.ORIGIN_CERT_UNTRUSTED: "untrusted",
+    ErrorCode.ORIGIN_TLS_FAILED: "failed",
+}
+
+
+class Monitor:
+    """Counts what the proxy does and says what operators must hear about, once."""
+
+    def __init__(self, clock: Any, pool: OriginPool | None = None) -> None:
+        self.clock = clock
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "edgenode_requests", "Client requests answered", ["domain", "status_class"], registry=r
+        )
+        self.duration = Histogram(
+            "edgenode_request_duration_seconds",
+            "Time from request head to the end of the response",
+            ["domain"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.attempts = Counter(
+            "edgenode_origin_attempts",
+            "Back-to-origin attempts by outcome (ok or an error code)",
+            ["domain", "origin", "outcome"],
+            registry=r,
+        )
+        self.handshakes = Counter(
+            "edgenode_origin_tls_handshakes",
+            "TLS handshakes with origins by result",
+            ["domain", "origin", "sni", "result"],
+            registry=r,
+        )
+        self.reused = Counter(
+            "edgenode_origin_connections_reused",
+            "Requests sent on a pooled connection (no new handshake)",
+            ["domain", "origin"],
+            registry=r,
+        )
+        self.generation = Gauge(
+            "edgenode_config_generation", "Generation of the running config", registry=r
+        )
+        self.reloads = Counter(
+            "edgenode_config_reloads", "Config reloads by result", ["result"], registry=r
+        )
+        self.cert_expiry = Gauge(
+            "edgenode_origin_cert_expiry_timestamp_seconds",
+            "notAfter of the certificate an origin presented at the last handshake",
+            ["domain", "origin", "sni"],
+            registry=r,
+        )
+        if pool is not None:
+            r.register(_PoolCollector(pool))
+        self._failing: dict[tuple[str, int], str] = {}  # origin server -> first error seen
+        self._cert_log_next: dict[tuple[str, str | None], tuple[float, int]] = {}
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # -- per request --------------------------------------------------------------
+
+    def request_done(self, record: AccessRecord) -> None:
+        domain = record.domain or UNKNOWN_DOMAIN
+        status = record.status or 0
+        self.requests.labels(domain, f"{status // 100}xx" if status else "none").inc()
+        self.duration.labels(domain).observe(record.duration_ms / 1000.0)
+
+    def connection_used(
+        self, domain: str, route: OriginRoute, *, reused: bool, peer: CertFacts | None
+    ) -> None:
+        """A request got a ready connection: a reuse, or a fresh handshake that verified."""
+        if reused:
+            self.reused.labels(domain, route.label).inc()
+        elif route.tls:
+            sni = route.sni or ""
+            self.handshakes.labels(domain, route.label, sni, "ok").inc()
+            if peer is not None:
+                self.cert_expiry.labels(domain, route.label, sni).set(peer.not_after_ts)
+        self._recovered(route)
+
+    def attempt_done(self, domain: str, route: OriginRoute, err: OriginError | None) -> None:
+        self.attempts.labels(domain, route.label, "ok" if err is None else err.code.value).inc()
+        if err is None:
+            self._recovered(route)
+        else:
+            self._failing_now(route, err)
+
+    def setup_failed(
+        self, domain: str, route: OriginRoute, err: OriginError, peer: CertFacts | None
+    ) -> None:
+        """Connecting or the handshake failed: count it, and tell the log (rate limited)."""
+        if not route.tls:
+            return
+        result = _HANDSHAKE_RESULT.get(err.code)
+        if result is None and err.code is ErrorCode.ORIGIN_TIMEOUT and "TLS" in err.detail:
+            result = "timeout"
+        if result is None:
+            return  # TCP never connected: not a handshake
+        sni = route.sni or ""
+        self.handshakes.labels(domain, route.label, sni, result).inc()
+        if peer is not None:
+            self.cert_expiry.labels(domain, route.label, sni).set(peer.not_after_ts)
+        if err.code in (ErrorCode.ORIGIN_CERT_NAME_MISMATCH, ErrorCode.ORIGIN_CERT_UNTRUSTED):
+            self._log_cert_failure(domain, route, err)
+
+    # -- config -------------------------------------------------------------------
+
+    def reloaded(self, ok: bool, generation: int) -> None:
+        self.reloads.labels("ok" if ok else "rejected").inc()
+        self.generation.set(generation)
+
+    # -- events -------------------------------------------------------------------
+
+    def _failing_now(self, route: OriginRoute, err: OriginError) -> None:
+        if err.code is ErrorCode.ORIGIN_BUSY or route.server in self._failing:
+            return
+        self._failing[route.server] = err.code.value
+        log.warn(
+            "origin {origin} marked failing: {error}: {detail}",
+            origin=route.label,
+            error=err.code.value,
+            detail=err.detail,
+        )
+
+    def _recovered(self, route: OriginRoute) -> None:
+        if self._failing.pop(route.server, None) is not None:
+            log.info("origin {origin} recovered", origin=route.label)
+
+    def _log_cert_failure(self, domain: str, route: OriginRoute, err: OriginError) -> None:
+        key = (route.label, route.sni)
+        now = self.clock.seconds()
+        next_at, suppressed = self._cert_log_next.get(key, (0.0, 0))
+        if now < next_at:
+            self._cert_log_next[key] = (next_at, suppressed + 1)
+            return
+        self._cert_log_next[key] = (now + CERT_FAILURE_LOG_INTERVAL, 0)
+        log.warn(
+            "certificate verification failed for {domain} at {origin} (SNI {sni}, verify name "
+            "{verify_name}): {error}: {detail}{suppressed}",
+            domain=domain,
+            origin=route.label,
+            sni=route.sni or "none",
+            verify_name=route.verify_name,
+            error=err.code.value,
+            detail=err.detail,
+            suppressed=f" ({suppressed} more since the last report)" if suppressed else "",
+        )
+
+
+class _PoolCollector:
+    """Open and idle origin connections, read from the pool at scrape time."""
+
+    def __init__(self, pool: OriginPool) -> None:
+        self.pool = pool
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Any:
+        open_ = GaugeMetricFamily(
+            "edgenode_origin_connections_open", "Open origin connections", labels=["origin"]
+        )
+        idle = GaugeMetricFamily(
+            "edgenode_origin_connections_idle", "Idle pooled origin connections", labels=["origin"]
+        )
+        for (address, port), count in sorted(self.pool.open_by_server().items()):
+            open_.add_metric([_label(address, port)], count)
+        for (address, port), count in sorted(self.pool.idle_by_server().items()):
+            idle.add_metric([_label(address, port)], count)
+        yield open_
+        yield idle
+
+
+def _label(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
