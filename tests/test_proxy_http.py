@@ -325,6 +325,22 @@ def test_pipelined_requests_are_answered_in_order(edge: EdgeProcess):
     ]
 
 
+def test_pipelined_requests_ending_with_connection_close_all_get_answers(edge: EdgeProcess):
+    """A `Connection: close` on the last pipelined request closes only after its own response."""
+    sock = raw_connection(edge)
+    try:
+        sock.sendall(
+            b"GET /p1 HTTP/1.1\r\nHost: a.test\r\n\r\n"
+            b"GET /p2 HTTP/1.1\r\nHost: b.test\r\n\r\n"
+            b"GET /p3 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"
+        )
+        responses = read_responses(sock, ["GET", "GET", "GET"])
+    finally:
+        sock.close()
+    assert [r.json()["path"] for r in responses] == ["/p1", "/p2", "/p3"]
+    assert [r.header("Connection") for r in responses] == [None, None, "close"]
+
+
 # -- streaming -------------------------------------------------------------------------
 
 
@@ -484,6 +500,10 @@ SMUGGLING = {
     ),
     "obs-fold": (b"GET /anything HTTP/1.1\r\nHost: a.test\r\nX-Folded: a\r\n b\r\n\r\n"),
     "bare-lf": b"GET /anything HTTP/1.1\nHost: a.test\n\n",
+    "transfer-coding-other-than-chunked": (
+        b"POST /anything HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: gzip, chunked\r\n"
+        b"\r\n5\r\nhello\r\n0\r\n\r\n"
+    ),
 }
 
 
@@ -491,7 +511,7 @@ SMUGGLING = {
 def test_smuggling_shapes_get_400_and_never_reach_the_origin(
     edge: EdgeProcess, origin: TLSOrigin, shape: str
 ):
-    """Ambiguous framing (CL+TE, duplicate CL, obs-fold, bare LF) gets 400 and nothing upstream."""
+    """Ambiguous framing (CL+TE, two CLs, obs-fold, bare LF, TE gzip) gets 400, nothing upstream."""
     data = edge.raw(SMUGGLING[shape])
     assert data.startswith(b"HTTP/1.1 400"), data
     assert b"bad_request" in data
