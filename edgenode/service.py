@@ -191,6 +191,19 @@ class EdgeService(service.Service):
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._stop_requested)
         signal.signal(signal.SIGHUP, self._reload_requested)
+        # twistd rotates its own --logfile on SIGUSR1; keep doing that, and also reopen
+        # the access log (after `mv access.log access.log.1`, the way logrotate works).
+        self._twistd_usr1 = signal.getsignal(signal.SIGUSR1)
+        signal.signal(signal.SIGUSR1, self._reopen_requested)
+
+    def _reopen_requested(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self._reopen_access_log)
+        if callable(self._twistd_usr1):
+            self._twistd_usr1(signum, frame)
+
+    def _reopen_access_log(self) -> None:
+        self.access_log.reopen()
+        log.info("access log reopened: {path}", path=str(self.access_log.target))
 
     def _stop_requested(self, signum: int, frame: Any) -> None:
         self.reactor.callFromThread(self._stop, signal.Signals(signum).name)
