@@ -1,0 +1,214 @@
+"""The demo (SPEC §7): `twistd -n edgenode --demo` shows origin SNI at work with no config."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from twisted.python import usage
+
+from edgenode.demo import (
+    DEFAULT_VHOST,
+    announcement,
+    demo_config,
+    log_reaches_stdout,
+    make_pki,
+)
+from edgenode.service import Options
+from tests.support.edge import EdgeProcess
+from tests.support.net import LOOPBACK, free_port, port_accepts
+
+_ORIGIN = re.compile(r"one TLS origin on 127\.0\.0\.1:(\d+)")
+_DIRECTORY = re.compile(r"Everything lives in (\S+), removed")
+
+
+@attrs.frozen
+class Demo:
+    """A running demo edge and what it announced: its directory and its origin's port."""
+
+    edge: EdgeProcess
+    directory: Path
+    origin_port: int
+
+    @property
+    def access_log(self) -> Path:
+        return self.directory / "access.log"
+
+    def access_records(self, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """The demo's access log records, waiting (bounded) until at least `n` are written."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.access_log.read_text().splitlines() if self.access_log.exists() else []
+            records = [json.loads(line) for line in lines if line.startswith("{")]
+            if len(records) >= n or time.monotonic() >= deadline:
+                return records
+            time.sleep(0.02)
+
+
+def _stdout(edge: EdgeProcess) -> str:
+    return edge.stdout_path.read_text(errors="replace") if edge.stdout_path.exists() else ""
+
+
+@pytest.fixture
+def demo(edge_factory: Callable[..., EdgeProcess]) -> Demo:
+    """`twistd -n edgenode --demo` on free loopback ports, once it has announced itself."""
+    listen = f"tcp:{free_port()}:interface={LOOPBACK}"
+    admin_listen = f"tcp:{free_port()}:interface={LOOPBACK}"
+    edge = edge_factory(
+        # Only tells EdgeProcess which ports to wait for; --demo reads no config file.
+        {"listen": listen, "admin": {"listen": admin_listen}},
+        plugin_args=["--demo", "--listen", listen, "--admin-listen", admin_listen],
+    )
+    deadline = time.monotonic() + 10
+    while not _DIRECTORY.search(_stdout(edge)):
+        assert time.monotonic() < deadline, edge._explain("the demo printed no instructions")
+        time.sleep(0.02)
+    out = _stdout(edge)
+    origin, directory = _ORIGIN.search(out), _DIRECTORY.search(out)
+    assert origin is not None and directory is not None, out
+    return Demo(edge, Path(directory.group(1)), int(origin.group(1)))
+
+
+def test_three_domains_show_origin_sni(demo: Demo) -> None:
+    """SNI a and b get their own vhosts (200); no SNI gets the default certificate (502)."""
+    a = demo.edge.request("GET", "/", host="a.demo.test")
+    b = demo.edge.request("GET", "/", host="b.demo.test")
+    nosni = demo.edge.request("GET", "/", host="nosni.demo.test")
+
+    assert (a.status, a.text) == (
+        200,
+        "hello from vhost a.demo.test (certificate for a.demo.test, SNI a.demo.test)\n",
+    )
+    assert (b.status, b.text) == (
+        200,
+        "hello from vhost b.demo.test (certificate for b.demo.test, SNI b.demo.test)\n",
+    )
+    assert nosni.status == 502
+    assert nosni.header("X-Edge-Error") == "origin_cert_name_mismatch"
+    assert "origin_cert_name_mismatch" in nosni.text
+
+    records = {r["host"]: r for r in demo.access_records(3)}
+    assert records["a.demo.test"]["sni"] == "a.demo.test"
+    assert records["b.demo.test"]["sni"] == "b.demo.test"
+    failed = records["nosni.demo.test"]
+    assert (failed["status"], failed["sni"], failed["error"]) == (
+        502,
+        None,
+        "origin_cert_name_mismatch",
+    )
+    assert failed["verify_name"] == "nosni.demo.test"
+    assert f"origin presented a certificate for {DEFAULT_VHOST}" in failed["error_detail"]
+    assert failed["origin_cert"]["dns_names"] == [DEFAULT_VHOST]
+
+
+def test_origin_presents_a_certificate_per_sni(demo: Demo) -> None:
+    """The demo origin, asked directly: each SNI gets its own name, no SNI the default one."""
+    trusting_demo_ca = ssl.create_default_context(cafile=str(demo.directory / "ca.pem"))
+    trusting_demo_ca.check_hostname = False  # the names are what this test looks at
+
+    def names_presented(sni: str | None) -> list[str]:
+        with (
+            socket.create_connection((LOOPBACK, demo.origin_port), timeout=5) as raw,
+            trusting_demo_ca.wrap_socket(raw, server_hostname=sni) as tls,
+        ):
+            cert = tls.getpeercert()
+        return [value for kind, value in cert["subjectAltName"] if kind == "DNS"]
+
+    assert names_presented("a.demo.test") == ["a.demo.test"]
+    assert names_presented("b.demo.test") == ["b.demo.test"]
+    assert names_presented(None) == [DEFAULT_VHOST]
+    assert names_presented("other.demo.test") == [DEFAULT_VHOST]
+
+
+def test_start_prints_what_to_try(demo: Demo) -> None:
+    """Stdout and the twistd log both show the curl commands, the token and `edgenode tail`."""
+    port = demo.edge.port
+    for text in (_stdout(demo.edge), demo.edge.log_text()):
+        for host in ("a.demo.test", "b.demo.test", "nosni.demo.test"):
+            assert f"curl -H 'Host: {host}' http://127.0.0.1:{port}/" in text
+        assert f"admin token:  {demo.directory / 'admin.token'}" in text
+        assert f"edgenode tail {demo.access_log}" in text
+    assert (demo.directory / "admin.token").stat().st_mode & 0o777 == 0o600
+
+
+def test_sigterm_stops_everything_and_removes_the_directory(demo: Demo) -> None:
+    """SIGTERM exits 0; the edge, admin and origin ports close and the temp dir is gone."""
+    assert demo.edge.request("GET", "/", host="a.demo.test").status == 200
+    assert demo.directory.is_dir()
+
+    assert demo.edge.stop() == 0
+
+    assert not demo.directory.exists()
+    for port in (demo.edge.port, demo.edge.admin_port, demo.origin_port):
+        assert port is not None and not port_accepts(port), port
+    assert "edgenode demo stopped" in demo.edge.log_text()
+
+
+def test_demo_config_is_a_validated_config(tmp_path: Path) -> None:
+    """The in-memory config routes all three domains to one origin, differing only in SNI."""
+    pki = make_pki(tmp_path)
+    config = demo_config(
+        tmp_path, pki.ca_file, 4430, listen="tcp:8080", admin_listen="tcp:8081:interface=127.0.0.1"
+    )
+    routes = {
+        name: (domain.origins[0].address, domain.origins[0].port, domain.sni_for(domain.origins[0]))
+        for name, domain in config.domains.items()
+    }
+    assert routes == {
+        "a.demo.test": ("127.0.0.1", 4430, "a.demo.test"),
+        "b.demo.test": ("127.0.0.1", 4430, "b.demo.test"),
+        "nosni.demo.test": ("127.0.0.1", 4430, None),
+    }
+    assert config.tls.ca_file == tmp_path / "ca.pem"
+    assert config.access_log == tmp_path / "access.log"
+    assert config.admin.token_file == tmp_path / "admin.token"
+    # Listening on every interface: curl is pointed at loopback.
+    assert "curl -H 'Host: a.demo.test' http://127.0.0.1:8080/" in announcement(
+        config, 4430, tmp_path
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        ([], "--config FILE is required (or --demo)"),
+        (["--demo", "--config", "x.yaml"], "--demo builds its own config"),
+    ],
+)
+def test_options_need_a_config_or_the_demo(argv: list[str], error: str) -> None:
+    """Without --config the edge needs --demo; with --demo a config file is refused."""
+    with pytest.raises(usage.UsageError, match=re.escape(error)):
+        Options().parseOptions(argv)
+
+
+def test_options_accept_the_demo_alone() -> None:
+    """`--demo` alone (optionally with listener overrides) is a complete command line."""
+    options = Options()
+    options.parseOptions(["--demo", "--listen", "tcp:9000"])
+    assert options["demo"] and options["listen"] == "tcp:9000" and options["config"] is None
+
+
+@pytest.mark.parametrize(
+    ("twistd_options", "expected"),
+    [
+        (None, False),
+        ({"nodaemon": 1, "logfile": None}, True),
+        ({"nodaemon": 1, "logfile": "-"}, True),
+        ({"nodaemon": 1, "logfile": "twistd.log"}, False),
+        ({"nodaemon": 0, "logfile": None}, False),
+        ({"nodaemon": 1, "logfile": None, "syslog": 1}, False),
+    ],
+)
+def test_instructions_are_printed_unless_the_log_is_stdout(
+    twistd_options: dict[str, Any] | None, expected: bool
+) -> None:
+    """The demo prints its instructions itself only where the twistd log would not show them."""
+    assert log_reaches_stdout(twistd_options) is expected
