@@ -17,6 +17,7 @@ from typing import Any
 
 from edgenode.config import Config, load_config
 from edgenode.errors import ConfigError
+from edgenode.probe import add_probe_command
 
 PROG = "edgenode"
 EXIT_OK = 0
@@ -191,7 +192,11 @@ def admin_address(listen: str) -> tuple[str, int]:
 
 # The registered subcommands, in the order `--help` lists them. `tail`, `reload` and
 # `probe` (SPEC §2) are added here as they are written.
-COMMANDS: tuple[Callable[[Subcommands], None], ...] = (add_check_command, add_reload_command)
+COMMANDS: tuple[Callable[[Subcommands], None], ...] = (
+    add_check_command,
+    add_reload_command,
+    add_probe_command,
+)
 
 
 if __name__ == "__main__":
