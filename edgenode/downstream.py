@@ -25,6 +25,8 @@ from edgenode.errors import ErrorCode
 from edgenode.headers import Headers, serialize
 from edgenode.hostnames import normalize_request_host
 
+FLUSH_BEFORE_CLOSE = 10.0  # seconds a client gets to take a cut-short response
+
 REASONS = {
     100: b"Continue",
     200: b"OK",
@@ -105,7 +107,16 @@ class _Request:
 class ClientStream:
     """The response side of one exchange, as the handler sees it."""
 
-    __slots__ = ("_conn", "_req", "chunked", "client_ip", "closing", "finished", "started")
+    __slots__ = (
+        "_conn",
+        "_req",
+        "chunked",
+        "client_ip",
+        "closing",
+        "finished",
+        "framed",
+        "started",
+    )
 
     def __init__(self, conn: DownstreamProtocol, req: _Request) -> None:
         self._conn = conn
@@ -114,6 +125,7 @@ class ClientStream:
         self.started = False
         self.finished = False
         self.chunked = False
+        self.framed = False
         self.closing = not req.head.keep_alive
 
     @property
@@ -135,9 +147,10 @@ class ClientStream:
             if length is not None and status != 204:
                 extra.append((b"Content-Length", b"%d" % length))
         elif length is not None:
+            self.framed = True
             extra.append((b"Content-Length", b"%d" % length))
         elif head.version == b"1.1":
-            self.chunked = True
+            self.chunked = self.framed = True
             extra.append((b"Transfer-Encoding", b"chunked"))
         else:
             self.closing = True  # HTTP/1.0 client: the close ends the body
@@ -167,9 +180,18 @@ class ClientStream:
         self._conn._response_finished(self._req, self.closing)
 
     def abort(self) -> None:
-        """Cut the client connection: a response that cannot be completed must not look complete."""
+        """End a response that cannot be completed, never so that it looks complete.
+
+        With Content-Length or chunked framing the client can tell a short body from a
+        whole one: it gets what was sent (status included) and then the close, as nginx
+        does. A close-delimited body (HTTP/1.0) would look complete after a close, so
+        that connection is reset instead.
+        """
         self.finished = True
-        self._conn.abort()
+        if self.started and self.framed:
+            self._conn.close_after_flush()
+        else:
+            self._conn.abort()
 
     def send_error(self, code: ErrorCode, request_id: str, detail: str = "") -> int:
         """A short text response naming the error code and request id; returns bytes sent."""
@@ -248,6 +270,15 @@ class DownstreamProtocol(TwistedProtocol):
     def abort(self) -> None:
         if self.transport is not None and not self.lost:
             self.transport.abortConnection()
+
+    def close_after_flush(self) -> None:
+        """Send what is buffered, then close; a client that does not read is cut off."""
+        self.closing_after_response = True
+        self.current = None
+        self._queue.clear()
+        if self.transport is not None and not self.lost:
+            self.transport.loseConnection()
+            self._set_timer(FLUSH_BEFORE_CLOSE)
 
     # -- timers ---------------------------------------------------------------
 

@@ -364,18 +364,32 @@ def test_no_response_head_within_response_header_timeout_is_504() -> None:
     assert origin.disconnected
 
 
-def test_failure_after_the_response_head_aborts_the_client() -> None:
-    """An origin body cut short after the head went out aborts the client, never ends it."""
+def test_failure_after_the_response_head_cuts_the_client_short() -> None:
+    """A body cut short after a framed head: the client gets the short body, then a close."""
     edge = Edge()
     client, transport = edge.client()
     client.dataReceived(b"GET / HTTP/1.1\r\n" + WWW + b"\r\n")
     conn, _ = edge.origin()
     conn.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
     lose(conn, ConnectionLost)
-    assert transport.disconnected
+    assert transport.disconnecting  # closed after flushing, never completed
+    head, _, body = transport.value().partition(b"\r\n\r\n")
+    assert b"Content-Length: 10" in head
+    assert body == b"hello"  # 5 of the 10 bytes promised: the client sees it is short
     assert len(edge.connects()) == 1
     (record,) = edge.log.records
     assert (record.status, record.error) == (200, "origin_protocol_error")
+
+
+def test_failure_of_a_close_delimited_response_resets_the_client() -> None:
+    """An HTTP/1.0 client's body ends at the close, so a failed one is reset, not closed."""
+    edge = Edge()
+    client, transport = edge.client()
+    client.dataReceived(b"GET / HTTP/1.0\r\n" + WWW + b"\r\n")
+    conn, _ = edge.origin()
+    conn.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    lose(conn, ConnectionLost)
+    assert transport.disconnected
 
 
 def test_client_leaving_mid_exchange_drops_the_origin_connection() -> None:
