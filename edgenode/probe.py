@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from twisted.internet import error as neterror
 from twisted.internet import task
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IHandshakeListener
@@ -36,6 +35,7 @@ from edgenode.errors import ConfigError, ErrorCode, OriginError
 from edgenode.hostnames import normalize_hostname, validate_sni
 from edgenode.runtime import build_runtime
 from edgenode.tls import CertFacts, ConnectionTLS, OriginTLSCreator
+from edgenode.upstream import connect_failure, setup_failure
 
 PROG = "edgenode"
 # The `edgenode` command's exit codes (cli.py; SPEC §6). cli imports this module, so
@@ -224,7 +224,7 @@ class HandshakeProbe(Protocol):
         self._cancel_timer()
         if not self.done.called:
             self._capture()
-            self._finish(classify_setup_failure(self.tls, reason.value if reason else None))
+            self._finish(setup_failure(self.tls, reason.value if reason else None))
 
     def connect_failed(self, err: OriginError) -> None:
         """The TCP connection was never made (the factory reports it)."""
@@ -248,13 +248,6 @@ class HandshakeProbe(Protocol):
         if tls is None:
             return
         tls.capture_peer()
-        if tls.peer is None and tls.connection is not None:
-            # A chain that fails above the leaf stops the verify callback before it saw
-            # the leaf, and OpenSSL then keeps no peer certificate; the chain as the
-            # origin sent it (leaf first) is still there.
-            chain = tls.connection.get_peer_cert_chain(as_cryptography=True)
-            if chain:
-                tls.peer = CertFacts.of(chain[0])
         if tls.peer is not None:  # the server's first flight arrived: version and cipher are real
             self.version = tls.version
             self.cipher = tls.cipher
@@ -282,45 +275,7 @@ class _ProbeFactory(ClientFactory):
         return self.probe
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        exc = reason.value
-        if isinstance(exc, neterror.TimeoutError):
-            err = OriginError(
-                ErrorCode.ORIGIN_TIMEOUT,
-                f"TCP connect did not complete within {self.connect_timeout:g}s",
-            )
-        else:
-            err = OriginError(
-                ErrorCode.ORIGIN_CONNECT_FAILED, f"TCP connect failed: {_describe_connect(exc)}"
-            )
-        self.probe.connect_failed(err)
-
-
-def classify_setup_failure(tls: ConnectionTLS | None, exc: BaseException | None) -> OriginError:
-    """The SPEC §4 error for a connection lost before its handshake completed.
-
-    The same rules as the edge's `upstream._setup_error`: our verify callback's verdict
-    first, an origin that just hung up is a TLS failure, anything else is the alert.
-    """
-    if tls is None:
-        return OriginError(
-            ErrorCode.ORIGIN_CONNECT_FAILED, f"connection lost while connecting: {exc}"
-        )
-    if tls.failure is not None:
-        return tls.failure
-    if isinstance(exc, (neterror.ConnectionLost, neterror.ConnectionDone)):
-        return OriginError(
-            ErrorCode.ORIGIN_TLS_FAILED,
-            f"origin closed the connection during the TLS handshake ({type(exc).__name__})",
-        )
-    return tls.classify_handshake_failure(exc or Exception("connection lost"))
-
-
-def _describe_connect(exc: BaseException) -> str:
-    if isinstance(exc, neterror.ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, neterror.DNSLookupError):
-        return f"DNS lookup failed ({exc})"
-    return str(exc) or type(exc).__name__
+        self.probe.connect_failed(connect_failure(reason.value, self.connect_timeout))
 
 
 # --- Results -------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from OpenSSL import SSL
 from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import extract_patterns
 from service_identity.hazmat import DNS_ID, IPAddress_ID, verify_service_identity
+from twisted.internet import error as neterror
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import (
     Certificate,
@@ -133,11 +134,38 @@ class ConnectionTLS:
         return False
 
     def capture_peer(self) -> None:
-        """After the handshake: remember the peer certificate (also when verify is off)."""
-        if self.peer is None and self.connection is not None:
-            cert = self.connection.get_peer_certificate(as_cryptography=True)
-            if cert is not None:
-                self.peer = CertFacts.of(cert)
+        """Remember the peer certificate (after the handshake, or after it failed)."""
+        if self.peer is not None or self.connection is None:
+            return
+        cert = self.connection.get_peer_certificate(as_cryptography=True)
+        if cert is None:
+            # A chain that fails above the leaf stops the verify callback before it saw
+            # the leaf, and OpenSSL then keeps no peer certificate; the chain as the
+            # origin sent it (leaf first) is still there.
+            chain = self.connection.get_peer_cert_chain(as_cryptography=True)
+            cert = chain[0] if chain else None
+        if cert is not None:
+            self.peer = CertFacts.of(cert)
+
+    def setup_failure(self, exc: BaseException | None) -> OriginError:
+        """The SPEC §4 error for a connection lost before its handshake completed.
+
+        Our verify callback's verdict first; an origin that just hung up is a TLS
+        failure; anything else is the alert. The certificate, if one arrived, rides along.
+        """
+        if self.failure is not None:
+            err = self.failure
+        elif isinstance(exc, (neterror.ConnectionLost, neterror.ConnectionDone)):
+            err = OriginError(
+                ErrorCode.ORIGIN_TLS_FAILED,
+                f"origin closed the connection during the TLS handshake ({type(exc).__name__})",
+            )
+        else:
+            err = self.classify_handshake_failure(exc or Exception("connection lost"))
+        if err.peer is None:
+            self.capture_peer()
+            err.peer = self.peer
+        return err
 
     def classify_handshake_failure(self, error: BaseException) -> OriginError:
         """Turn whatever ended the handshake into the SPEC §4 error it stands for."""

@@ -336,7 +336,7 @@ class UpstreamConnection(TwistedProtocol):
         if state == _CLOSED:
             return  # setup already failed (handshake timeout) and was accounted for
         if state == _CONNECTING:
-            err = _setup_error(self, reason.value if reason is not None else None)
+            err = setup_failure(self.tls, reason.value if reason is not None else None)
             self.state = _CONNECTING
             self._fail_setup(err)
             return
@@ -369,24 +369,13 @@ class UpstreamConnection(TwistedProtocol):
             )
 
 
-def _setup_error(conn: UpstreamConnection, exc: BaseException | None) -> OriginError:
-    tls = conn.tls
+def setup_failure(tls: ConnectionTLS | None, exc: BaseException | None) -> OriginError:
+    """The SPEC §4 error for a connection lost before it was ready (the edge and probe agree)."""
     if tls is None:
         return OriginError(
             ErrorCode.ORIGIN_CONNECT_FAILED, f"connection lost while connecting: {exc}"
         )
-    if tls.failure is not None:
-        err = tls.failure
-    elif isinstance(exc, (neterror.ConnectionLost, neterror.ConnectionDone)):
-        err = OriginError(
-            ErrorCode.ORIGIN_TLS_FAILED,
-            f"origin closed the connection during the TLS handshake ({type(exc).__name__})",
-        )
-    else:
-        err = tls.classify_handshake_failure(exc or Exception("connection lost"))
-    if err.peer is None:
-        err.peer = tls.peer  # what the origin presented, for the log and metrics
-    return err
+    return tls.setup_failure(exc)
 
 
 def _set_nodelay(transport: Any) -> None:
@@ -408,25 +397,22 @@ class _ConnectionFactory(ClientFactory):
         return self.conn
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        exc = reason.value
-        if isinstance(exc, neterror.TimeoutError):
-            err = OriginError(
-                ErrorCode.ORIGIN_TIMEOUT,
-                f"TCP connect did not complete within {self.connect_timeout:g}s",
-            )
-        else:
-            err = OriginError(
-                ErrorCode.ORIGIN_CONNECT_FAILED, f"TCP connect failed: {_describe(exc)}"
-            )
-        self.conn._fail_setup(err)
+        self.conn._fail_setup(connect_failure(reason.value, self.connect_timeout))
 
 
-def _describe(exc: BaseException) -> str:
+def connect_failure(exc: BaseException, timeout: float) -> OriginError:
+    """The SPEC §4 error for a TCP connect that did not succeed."""
+    if isinstance(exc, neterror.TimeoutError):
+        return OriginError(
+            ErrorCode.ORIGIN_TIMEOUT, f"TCP connect did not complete within {timeout:g}s"
+        )
     if isinstance(exc, neterror.ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, neterror.DNSLookupError):
-        return f"DNS lookup failed ({exc})"
-    return str(exc) or type(exc).__name__
+        why = "connection refused"
+    elif isinstance(exc, neterror.DNSLookupError):
+        why = f"DNS lookup failed ({exc})"
+    else:
+        why = str(exc) or type(exc).__name__
+    return OriginError(ErrorCode.ORIGIN_CONNECT_FAILED, f"TCP connect failed: {why}")
 
 
 class _PlainTLSFactory(TLSMemoryBIOFactory):
