@@ -1,0 +1,1142 @@
+#!/usr/bin/env python3
+"""edgenode vs nginx as a CDN edge, in one run, on one machine (issue 6, item 1).
+
+    python3 bench/run.py                      # full: 1k and 64k bodies, 32 and 128 connections
+    python3 bench/run.py --quick              # 3 s, 1k body, 32 connections only
+    python3 bench/run.py --only edgenode      # one edge (no ratios)
+    python3 bench/run.py --duration 20 --markdown /tmp/results.md
+
+What it does, in order:
+
+1. installs Debian's `nginx` and `wrk` if missing (as root, with apt-get), and the
+   project itself (`pip install -e . --config-settings editable_mode=compat`) if
+   `import edgenode` fails;
+2. makes a throw-away CA and one EC P-256 leaf per origin name (bench-a.test,
+   bench-b.test) in a temp dir;
+3. starts an nginx TLS origin on 127.0.0.1 (two server blocks on one port, one
+   certificate each, handshakes without a known SNI rejected), pinned to the load core;
+4. for every (body, connections) cell and each edge: starts the edge fresh, pinned to
+   the edge core (nginx: 1 worker, upstream keepalive, `proxy_ssl_server_name on`,
+   `proxy_ssl_verify on`, buffered access log; edgenode: `twistd -n edgenode` with
+   origin SNI, the bench CA and its access log on), checks correctness (bodies byte
+   for byte, the SNI the origin saw per domain), runs `wrk` for a warm-up and then
+   the measured run, pinned to the load core, and samples /proc around it;
+5. prints one table, writes it as Markdown (with the date, versions and machine), and
+   stops every process it started (process groups; also on Ctrl-C and on errors).
+
+CPU µs per request = (utime + stime + cutime + cstime of the edge's whole process tree
+after the run - before) in clock ticks → µs, ÷ the requests wrk completed.
+Only 127.0.0.1 is ever contacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import datetime
+import http.client
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / "bench"
+LOOPBACK = "127.0.0.1"
+HOST_A = "bench-a.test"
+HOST_B = "bench-b.test"
+BODIES = {"1k": 1024, "64k": 65536}
+EDGES = ("nginx", "edgenode")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# twistd has no `python -m` entry point; this is what the console script runs.
+TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+
+
+class BenchError(Exception):
+    """A reason to stop the benchmark, printed as is."""
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+# --- installing what is needed --------------------------------------------------------------
+
+
+def nginx_binary() -> str | None:
+    found = shutil.which("nginx")
+    if found:
+        return found
+    return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+
+
+def ensure_tools() -> None:
+    """Debian's nginx and wrk (and taskset), installed with apt-get when missing."""
+    found = {"nginx": nginx_binary(), "wrk": shutil.which("wrk")}
+    missing = [name for name, path in found.items() if not path]
+    if missing:
+        if os.geteuid() != 0:
+            raise BenchError(
+                f"{' and '.join(missing)} not installed, and installing needs root: "
+                "apt-get update && apt-get install -y --no-install-recommends nginx wrk"
+            )
+        log(f"installing {' '.join(missing)} with apt-get")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        for cmd in (
+            ["apt-get", "update"],
+            ["apt-get", "install", "-y", "--no-install-recommends", "nginx", "wrk"],
+        ):
+            if subprocess.run(cmd, env=env, timeout=900).returncode != 0:
+                raise BenchError(f"`{shlex.join(cmd)}` failed")
+        if not nginx_binary() or not shutil.which("wrk"):
+            raise BenchError("apt-get ran but nginx or wrk is still not on PATH")
+    if not shutil.which("taskset"):
+        raise BenchError("taskset (util-linux) is needed to pin processes to cores")
+
+
+def ensure_python_deps() -> None:
+    """The project installed editable (its dependencies include cryptography and PyYAML).
+
+    Checked from `/`, not from the checkout, where `edgenode` would import without being
+    installed; the twistd plugin must be importable from anywhere too.
+    """
+    check = [
+        sys.executable,
+        "-c",
+        "import edgenode, twisted.plugins.edgenode_plugin, cryptography, yaml, httptools",
+    ]
+    if subprocess.run(check, capture_output=True, cwd="/", timeout=120).returncode == 0:
+        return
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-e",
+        str(ROOT),
+        "--config-settings",
+        "editable_mode=compat",
+    ]
+    log(f"installing the project: {shlex.join(cmd)}")
+    if subprocess.run(cmd, timeout=900).returncode != 0:
+        raise BenchError(f"`{shlex.join(cmd)}` failed")
+    if subprocess.run(check, capture_output=True, cwd="/", timeout=120).returncode != 0:
+        raise BenchError("the project was installed but `import edgenode` still fails")
+    # This interpreter imports only the dependencies (edgenode runs in subprocesses), and
+    # its import caches predate the install.
+    import importlib
+
+    importlib.invalidate_caches()
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+class Processes:
+    """Every long-running process of the run, each in its own process group."""
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen[bytes]] = []
+        atexit.register(self.stop_all)
+
+    def spawn(self, cmd: Sequence[str], output: Path, cwd: Path) -> subprocess.Popen[bytes]:
+        with open(output, "ab") as out:
+            proc = subprocess.Popen(
+                list(cmd),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a group of its own: workers die with it
+            )
+        self._procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+        """SIGTERM to the group, up to `grace` seconds, then SIGKILL to whatever is left.
+
+        Once the leader is reaped its pid (= the group id) could in theory be reused, so
+        leftovers are then killed one by one: the members seen before the SIGTERM that
+        are still in that group.
+        """
+        members = process_tree(proc.pid) if proc.poll() is None else []
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(grace)
+        if proc.poll() is None:  # not reaped: the group id is still ours
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+        for pid in members:
+            if pid != proc.pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    if os.getpgid(pid) == proc.pid:
+                        os.kill(pid, signal.SIGKILL)
+        if proc in self._procs:
+            self._procs.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in list(reversed(self._procs)):
+            self.stop(proc, grace=3.0)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(
+    ready: Callable[[], bool], alive: Callable[[], bool], timeout: float, what: str
+) -> None:
+    """Poll `ready` every 50 ms until true, the process dies, or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise BenchError(f"{what} exited during start-up")
+        if ready():
+            return
+        time.sleep(0.05)
+    raise BenchError(f"{what} not ready after {timeout:.0f} s")
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(missing)"
+
+
+# --- /proc sampling -------------------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # comm (field 2) may hold spaces and parentheses: split after the last ')'.
+    return raw[raw.rindex(")") + 2 :].split()  # fields[0] is field 3 (state)
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and every live descendant, found through the ppid field of /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat_fields(int(entry))
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:  # bounded: every pid is visited once
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, ()))
+    return tree
+
+
+def tree_cpu_ticks(root: int) -> int:
+    """utime+stime+cutime+cstime summed over the live tree.
+
+    A process that exits and is reaped moves its time into its parent's cutime/cstime,
+    so the sum keeps counting it: it grows monotonically across worker restarts.
+    """
+    total = 0
+    for pid in process_tree(root):
+        fields = _stat_fields(pid)
+        if fields is not None:  # fields 14..17 of stat(5) = indexes 11..14 here
+            total += sum(int(v) for v in fields[11:15])
+    return total
+
+
+def vm_hwm_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except FileNotFoundError:
+        pass
+    return 0
+
+
+def core_busy_ticks(cpu: int) -> tuple[int, int]:
+    """(busy, total) jiffies of one core from /proc/stat."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            values = [int(v) for v in line.split()[1:9]]
+            idle = values[3] + values[4]
+            return sum(values) - idle, sum(values)
+    return 0, 0
+
+
+# --- the TLS origin and the nginx edge ------------------------------------------------------
+
+NGINX_MAIN = """daemon off;
+master_process on;
+worker_processes 1;
+{user}
+pid {dir}/{name}.pid;
+error_log {dir}/{name}-error.log warn;
+
+events {{
+    worker_connections 1024;
+}}
+
+http {{
+    client_body_temp_path {dir}/{name}-tmp/client_body;
+    proxy_temp_path {dir}/{name}-tmp/proxy;
+    fastcgi_temp_path {dir}/{name}-tmp/fastcgi;
+    uwsgi_temp_path {dir}/{name}-tmp/uwsgi;
+    scgi_temp_path {dir}/{name}-tmp/scgi;
+    keepalive_requests 100000;
+    keepalive_timeout 300s;
+    tcp_nodelay on;
+{http}
+}}
+"""
+
+ORIGIN_HTTP = """
+    access_log off;
+    sendfile on;
+    default_type application/octet-stream;
+    ssl_protocols TLSv1.2 TLSv1.3;
+
+    server {{
+        listen {addr}:{port} ssl default_server;
+        ssl_reject_handshake on;
+    }}
+{blocks}"""
+
+ORIGIN_BLOCK = """
+    server {{
+        listen {addr}:{port} ssl;
+        server_name {name};
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        root {www};
+        location = /whoami {{
+            default_type text/plain;
+            return 200 "$ssl_server_name";
+        }}
+    }}
+"""
+
+# Fields like edgenode's access record, as far as nginx has variables for them.
+EDGE_LOG_FORMAT = (
+    '\'{"ts":"$time_iso8601","request_id":"$request_id","client":"$remote_addr",'
+    '"method":"$request_method","host":"$host","path":"$request_uri","status":$status,'
+    '"bytes_sent":$bytes_sent,"duration_s":$request_time,"origin":"$upstream_addr",'
+    '"origin_status":"$upstream_status","connect_s":"$upstream_connect_time",'
+    '"conn":$connection,"conn_req":$connection_requests}\''
+)
+
+EDGE_HTTP = """
+    log_format edge escape=json {log_format};
+    access_log {access_log} edge buffer=64k flush=1s;
+
+    upstream bench_origin {{
+        server {addr}:{origin_port};
+        keepalive 256;
+        keepalive_requests 100000;
+        keepalive_timeout 300s;
+    }}
+
+    server {{
+        listen {addr}:{port} default_server;
+        server_name {host};
+        location / {{
+            proxy_pass https://bench_origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host {host};
+            # What edgenode adds too (README "Headers"), so both do the same work.
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header Via "1.1 nginx";
+            add_header X-Edge-Request-Id $request_id always;
+            proxy_ssl_server_name on;
+            proxy_ssl_name {host};
+            proxy_ssl_verify on;
+            proxy_ssl_verify_depth 2;
+            proxy_ssl_trusted_certificate {ca};
+            proxy_ssl_session_reuse on;
+            # Stream through memory buffers only, never spill a body to disk (edgenode
+            # streams with backpressure and has no disk buffer either).
+            proxy_max_temp_file_size 0;
+        }}
+    }}
+"""
+
+
+def nginx_conf(tmp: Path, name: str, http_block: str) -> Path:
+    (tmp / f"{name}-tmp").mkdir(exist_ok=True)
+    path = tmp / f"{name}.conf"
+    # As root the workers would run as `nobody`, who cannot enter the 0700 temp dir.
+    user = "user root;" if os.geteuid() == 0 else ""
+    path.write_text(NGINX_MAIN.format(user=user, dir=tmp, name=name, http=http_block))
+    return path
+
+
+@dataclass
+class Running:
+    """A started edge or origin: its group leader, port and files."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_files: list[Path]
+    access_log: Path | None = None
+    log_mark: int = 0  # where this start's lines begin in a log file shared across starts
+
+    def worker_pids(self) -> list[int]:
+        return [pid for pid in process_tree(self.proc.pid) if pid != self.proc.pid]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, tmp: Path, procs: Processes) -> None:
+        self.args = args
+        self.tmp = tmp
+        self.procs = procs
+        self.nginx = nginx_binary() or "nginx"
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) >= 2:
+            self.edge_cpu, self.load_cpu = cpus[0], cpus[1]
+        else:
+            self.edge_cpu = self.load_cpu = cpus[0]
+            log("WARNING: one core only: edge and load share it, ratios mean little")
+        self.www = tmp / "www"
+        self.bodies: dict[str, bytes] = {}
+        self.ca_file = tmp / "ca.pem"
+        self.origin: Running | None = None
+        self.anomalies: list[str] = []
+        self.failures: list[str] = []  # cells not timed (with --keep-going)
+
+    def taskset(self, cpu: int) -> list[str]:
+        return ["taskset", "-c", str(cpu)]
+
+    # -- setup --
+
+    def make_pki_and_files(self) -> None:
+        sys.path.insert(0, str(BENCH_DIR))
+        from pki import BenchCA  # bench/pki.py, imported once cryptography is sure to exist
+
+        ca = BenchCA()
+        ca.write_ca(self.ca_file)
+        self.leaves = {host: ca.issue([host], self.tmp, host) for host in (HOST_A, HOST_B)}
+        self.www.mkdir()
+        for name, size in BODIES.items():
+            self.bodies[name] = os.urandom(size)
+            (self.www / name).write_bytes(self.bodies[name])
+
+    def start_nginx(self, name: str, http_block: Callable[[int], str], cpu: int) -> Running:
+        """nginx from a config made by `http_block(port)`, on a free port (3 tries)."""
+        for attempt in range(3):
+            port = free_port()
+            conf = nginx_conf(self.tmp, name, http_block(port))
+            error_log = self.tmp / f"{name}-error.log"
+            output = self.tmp / f"{name}.out"
+            error_log.unlink(missing_ok=True)
+            cmd = [
+                *self.taskset(cpu),
+                self.nginx,
+                "-c",
+                str(conf),
+                "-p",
+                str(self.tmp),
+                "-e",
+                str(error_log),
+            ]
+            proc = self.procs.spawn(cmd, output, self.tmp)
+            try:
+                wait_until(
+                    lambda port=port: port_open(port),
+                    lambda proc=proc: proc.poll() is None,
+                    10,
+                    f"nginx {name}",
+                )
+                return Running(name, proc, port, [error_log, output])
+            except BenchError as exc:
+                self.procs.stop(proc)
+                text = tail(error_log)
+                if "Address already in use" in text and attempt < 2:
+                    continue
+                raise BenchError(
+                    f"{exc}\n--- {error_log}:\n{text}\n--- {output}:\n{tail(output)}"
+                ) from None
+        raise AssertionError("unreachable")
+
+    def start_origin(self) -> None:
+        def http_block(port: int) -> str:
+            blocks = "".join(
+                ORIGIN_BLOCK.format(
+                    addr=LOOPBACK, port=port, name=host, cert=cert, key=key, www=self.www
+                )
+                for host, (cert, key) in self.leaves.items()
+            )
+            return ORIGIN_HTTP.format(addr=LOOPBACK, port=port, blocks=blocks)
+
+        self.origin = self.start_nginx("origin", http_block, self.load_cpu)
+        log(f"origin: nginx TLS on {LOOPBACK}:{self.origin.port}, core {self.load_cpu}")
+
+    def start_nginx_edge(self, tag: str) -> Running:
+        assert self.origin is not None
+        access_log = self.tmp / f"nginx-edge-access-{tag}.log"
+
+        def http_block(port: int) -> str:
+            return EDGE_HTTP.format(
+                log_format=EDGE_LOG_FORMAT,
+                access_log=access_log,
+                addr=LOOPBACK,
+                origin_port=self.origin.port,
+                port=port,
+                host=HOST_A,
+                ca=self.ca_file,
+            )
+
+        edge = self.start_nginx("nginx-edge", http_block, self.edge_cpu)
+        edge.access_log = access_log
+        return edge
+
+    def start_edgenode(self, tag: str) -> Running:
+        import yaml
+
+        assert self.origin is not None
+        access_log = self.tmp / f"edgenode-access-{tag}.log"
+        for attempt in range(3):
+            port, admin_port = free_port(), free_port()
+            domain = {
+                "origin_sni": {"enabled": True},
+                "origins": [{"address": LOOPBACK, "port": self.origin.port}],
+            }
+            config = {
+                "listen": f"tcp:{port}:interface={LOOPBACK}",
+                "admin": {
+                    "listen": f"tcp:{admin_port}:interface={LOOPBACK}",
+                    "token_file": "admin.token",
+                },
+                "access_log": str(access_log),
+                "tls": {"ca_file": str(self.ca_file)},
+                "domains": {HOST_A: domain, HOST_B: domain},
+            }
+            config_path = self.tmp / "edgenode.yaml"
+            config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+            check = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from edgenode.cli import main; sys.exit(main())",
+                    "check",
+                    str(config_path),
+                ],
+                capture_output=True,
+                cwd=self.tmp,
+                text=True,
+                timeout=60,
+            )
+            if check.returncode != 0:
+                raise BenchError(f"edgenode check rejected the bench config:\n{check.stderr}")
+            twistd_log = self.tmp / "edgenode-twistd.log"
+            output = self.tmp / "edgenode.out"
+            cmd = [
+                *self.taskset(self.edge_cpu),
+                sys.executable,
+                "-c",
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "--logfile",
+                str(twistd_log),
+                "edgenode",
+                "--config",
+                str(config_path),
+            ]
+            mark = twistd_log.stat().st_size if twistd_log.exists() else 0
+            proc = self.procs.spawn(cmd, output, self.tmp)
+            try:
+                wait_until(
+                    lambda admin_port=admin_port: healthz(admin_port),
+                    lambda proc=proc: proc.poll() is None,
+                    30,
+                    "edgenode",
+                )
+                wait_until(
+                    lambda port=port: port_open(port),
+                    lambda proc=proc: proc.poll() is None,
+                    10,
+                    "edgenode listener",
+                )
+                return Running("edgenode", proc, port, [twistd_log, output], access_log, mark)
+            except BenchError as exc:
+                self.procs.stop(proc)
+                text = twistd_log.read_text(errors="replace")[mark:] if twistd_log.exists() else ""
+                if "Address already in use" in text and attempt < 2:
+                    continue
+                raise BenchError(
+                    f"{exc}\n--- {twistd_log}:\n{text[-4000:]}\n--- {output}:\n{tail(output)}"
+                ) from None
+        raise AssertionError("unreachable")
+
+    # -- correctness --
+
+    def check_edge(self, edge: Running, body: str) -> None:
+        """The cell's body byte for byte, then the SNI the origin saw; BenchError if off.
+
+        Each request is a new client connection, but the edge reuses its one pooled
+        origin connection, so `/whoami` after the body also proves that connection is
+        still usable after carrying that body.
+        """
+        hosts = [HOST_A] + ([HOST_B] if edge.name == "edgenode" else [])
+        for host in hosts:
+            for name in dict.fromkeys(("1k", body)):
+                status, got = get(edge.port, f"/{name}", host)
+                want = self.bodies[name]
+                if status != 200 or got != want:
+                    raise BenchError(
+                        f"{edge.name}: GET /{name} with Host {host} answered {status} with "
+                        f"{len(got)} bytes, expected 200 with the {len(want)} bytes of the file"
+                        f"{'' if len(got) != len(want) else ' (content differs)'}"
+                    )
+            status, got = get(edge.port, "/whoami", host, after=f"/{body}")
+            if status != 200 or got != host.encode():
+                raise BenchError(
+                    f"{edge.name}: the origin saw SNI {got[:200]!r} (status {status}) for a "
+                    f"request to {host}; expected {host!r}"
+                )
+
+    # -- measuring --
+
+    def wrk(self, port: int, body: str, conns: int, seconds: float) -> dict[str, Any]:
+        cmd = [
+            *self.taskset(self.load_cpu),
+            "wrk",
+            "-t1",
+            f"-c{conns}",
+            f"-d{seconds:g}s",
+            "--latency",
+            "-H",
+            f"Host: {HOST_A}",
+            f"http://{LOOPBACK}:{port}/{body}",
+        ]
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            out, _ = proc.communicate(timeout=seconds + 30)
+        finally:
+            if proc.poll() is None:  # not reaped, so the group id is still wrk's
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        if proc.returncode != 0:
+            raise BenchError(f"`{shlex.join(cmd)}` exited {proc.returncode}:\n{out}")
+        return parse_wrk(out, cmd)
+
+    def measure(self, edge_kind: str, body: str, conns: int) -> dict[str, Any]:
+        tag = f"{body}-{conns}"
+        edge = self.start_nginx_edge(tag) if edge_kind == "nginx" else self.start_edgenode(tag)
+        try:
+            self.check_edge(edge, body)
+            self.wrk(edge.port, body, conns, self.args.warmup)
+            root = edge.proc.pid
+            cpu0 = tree_cpu_ticks(root)
+            core0 = core_busy_ticks(self.load_cpu)
+            edge_core0 = core_busy_ticks(self.edge_cpu)
+            t0 = time.monotonic()
+            result = self.wrk(edge.port, body, conns, self.args.duration)
+            wall = time.monotonic() - t0
+            cpu1 = tree_cpu_ticks(root)
+            core1 = core_busy_ticks(self.load_cpu)
+            edge_core1 = core_busy_ticks(self.edge_cpu)
+            if edge.proc.poll() is not None:
+                raise BenchError(f"{edge.name} died during the run")
+            # nginx: the worker's peak RSS; edgenode: its process (and any workers) summed.
+            pids = edge.worker_pids() if edge_kind == "nginx" else process_tree(root)
+            hwm_kib = sum(vm_hwm_kib(pid) for pid in pids)
+        finally:
+            self.procs.stop(edge.proc)
+        cpu_us = (cpu1 - cpu0) * 1e6 / CLK_TCK
+        requests = result["requests"]
+        result.update(
+            edge=edge_kind,
+            body=body,
+            conns=conns,
+            cpu_us_per_req=cpu_us / requests if requests else float("nan"),
+            edge_busy=cpu_us / 1e6 / wall,
+            load_busy=(core1[0] - core0[0]) / max(1, core1[1] - core0[1]),
+            # The edge core's busy share not spent by the edge: other processes (noise).
+            edge_core_other=max(
+                0.0,
+                (edge_core1[0] - edge_core0[0] - (cpu1 - cpu0))
+                / max(1, edge_core1[1] - edge_core0[1]),
+            ),
+            rss_mib=hwm_kib / 1024,
+        )
+        self.after_run(edge, result)
+        return result
+
+    def after_run(self, edge: Running, result: dict[str, Any]) -> None:
+        """Note what looks wrong: errors, a quiet access log, errors in the edge's logs."""
+        label = f"{result['edge']} {result['body']}/{result['conns']}"
+        if result["errors"]:
+            self.anomalies.append(f"{label}: wrk reported errors: {result['error_text']}")
+        if result["edge_core_other"] > 0.05:
+            self.anomalies.append(
+                f"{label}: other processes used {result['edge_core_other']:.0%} of the edge "
+                "core during the run"
+            )
+        assert edge.access_log is not None
+        lines = count_lines(edge.access_log)
+        result["log_lines"] = lines
+        if lines < result["requests"]:
+            self.anomalies.append(
+                f"{label}: access log has {lines} lines for {result['requests']} measured "
+                "requests (access log not on?)"
+            )
+        edge.access_log.unlink(missing_ok=True)  # they get large; the count is what we keep
+        if edge.name == "edgenode":
+            twistd_log = edge.log_files[0]
+            text = twistd_log.read_text(errors="replace")[edge.log_mark :]
+            bad = [ln for ln in text.splitlines() if re.search(r"Traceback|Unhandled|CRITICAL", ln)]
+            if bad:
+                self.anomalies.append(f"{label}: twistd log: {len(bad)} lines like {bad[0]!r}")
+        else:
+            text = edge.log_files[0].read_text(errors="replace")
+            bad = [ln for ln in text.splitlines() if re.search(r"\[(error|crit|alert|emerg)\]", ln)]
+            if bad:
+                self.anomalies.append(f"{label}: error log: {len(bad)} lines like {bad[0]!r}")
+
+    def run(self) -> list[dict[str, Any]]:
+        self.make_pki_and_files()
+        self.start_origin()
+        edges = [e for e in EDGES if self.args.only in (None, e)]
+        results = []
+        cells = [(b, c) for b in self.args.bodies for c in self.args.connections]
+        for body, conns in cells:
+            for kind in edges:
+                log(
+                    f"{kind}: {body} body, {conns} connections: "
+                    f"{self.args.warmup:g} s warm-up + {self.args.duration:g} s"
+                )
+                try:
+                    result = self.measure(kind, body, conns)
+                except BenchError as exc:
+                    if not self.args.keep_going:
+                        raise
+                    log(f"FAILED, not timed: {exc}")
+                    self.failures.append(f"{kind} {body}/{conns}: {exc}")
+                    results.append({"edge": kind, "body": body, "conns": conns, "failed": True})
+                    continue
+                log(
+                    f"  {result['rps']:.0f} req/s, p99 {result['p99_ms']:.2f} ms, "
+                    f"{result['cpu_us_per_req']:.1f} µs CPU/req, {result['rss_mib']:.1f} MiB"
+                )
+                results.append(result)
+        assert self.origin is not None
+        origin_errors = [
+            ln
+            for ln in tail(self.origin.log_files[0], 1000).splitlines()
+            if re.search(r"\[(error|crit|alert|emerg)\]", ln)
+        ]
+        if origin_errors:
+            self.anomalies.append(
+                f"origin error log: {len(origin_errors)} lines like {origin_errors[0]!r}"
+            )
+        return results
+
+
+def healthz(port: int) -> bool:
+    try:
+        conn = http.client.HTTPConnection(LOOPBACK, port, timeout=2)
+        conn.request("GET", "/healthz")
+        ok = conn.getresponse().status == 200
+        conn.close()
+        return ok
+    except OSError:
+        return False
+
+
+def get(port: int, path: str, host: str, after: str = "") -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        response = conn.getresponse()
+        return response.status, response.read()
+    except OSError as exc:
+        context = f", right after a GET {after} that succeeded" if after else ""
+        raise BenchError(f"GET {path} (Host {host}) on port {port} failed{context}: {exc}") from exc
+    finally:
+        conn.close()
+
+
+def count_lines(path: Path) -> int:
+    count = 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                count += chunk.count(b"\n")
+    except FileNotFoundError:
+        pass
+    return count
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * _UNITS[unit]
+
+
+def parse_wrk(out: str, cmd: Sequence[str]) -> dict[str, Any]:
+    """req/s, p50/p99 (ms), completed requests and errors from wrk's --latency output."""
+
+    def need(pattern: str) -> re.Match[str]:
+        match = re.search(pattern, out, re.MULTILINE)
+        if match is None:
+            raise BenchError(f"no {pattern!r} in the output of `{shlex.join(cmd)}`:\n{out}")
+        return match
+
+    latency = r"^\s+{}%\s+([\d.]+)(us|ms|s|m|h)\s*$"
+    p50 = need(latency.format(50))
+    p99 = need(latency.format(99))
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = 0
+    texts = []
+    if socket_errors:
+        errors += sum(int(v) for v in socket_errors.groups())
+        texts.append(socket_errors.group(0))
+    if non2xx:
+        errors += int(non2xx.group(1))
+        texts.append(non2xx.group(0))
+    return {
+        "rps": float(need(r"^Requests/sec:\s+([\d.]+)").group(1)),
+        "requests": int(need(r"^\s+(\d+) requests in ").group(1)),
+        "p50_ms": _ms(*p50.groups()),
+        "p99_ms": _ms(*p99.groups()),
+        "errors": errors,
+        "error_text": "; ".join(texts),
+    }
+
+
+# --- the table ------------------------------------------------------------------------------
+
+COLUMNS = (
+    ("edge", "edge"),
+    ("body", "body"),
+    ("conns", "conns"),
+    ("req/s", "rps"),
+    ("p50 ms", "p50_ms"),
+    ("p99 ms", "p99_ms"),
+    ("CPU µs/req", "cpu_us_per_req"),
+    ("edge core %", "edge_busy"),
+    ("load core %", "load_busy"),
+    ("peak RSS MiB", "rss_mib"),
+    ("errors", "errors"),
+    ("req/s ratio", "r_rps"),
+    ("CPU ratio", "r_cpu"),
+    ("p99 ratio", "r_p99"),
+    ("RSS ratio", "r_rss"),
+)
+
+
+def add_ratios(results: list[dict[str, Any]]) -> None:
+    """Each edgenode row divided by the nginx row of the same cell in this run."""
+    ok = [r for r in results if not r.get("failed")]
+    nginx = {(r["body"], r["conns"]): r for r in ok if r["edge"] == "nginx"}
+    for row in ok:
+        base = nginx.get((row["body"], row["conns"]))
+        if row["edge"] == "nginx" or base is None:
+            continue
+        for key, metric in (
+            ("r_rps", "rps"),
+            ("r_cpu", "cpu_us_per_req"),
+            ("r_p99", "p99_ms"),
+            ("r_rss", "rss_mib"),
+        ):
+            row[key] = row[metric] / base[metric] if base[metric] else float("nan")
+
+
+def cell(row: dict[str, Any], key: str) -> str:
+    value = row.get(key)
+    if row.get("failed") and key == "rps":
+        return "not timed"
+    if value is None:
+        return "—"
+    if key in ("edge", "body"):
+        return str(value)
+    if key in ("conns", "errors"):
+        return str(value)
+    if key == "rps":
+        return f"{value:,.0f}"
+    if key in ("edge_busy", "load_busy"):
+        return f"{value * 100:.0f}"
+    if key.startswith("r_"):
+        return f"{value:.2f}"
+    if key == "cpu_us_per_req":
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def text_table(results: list[dict[str, Any]]) -> str:
+    rows = [[title for title, _ in COLUMNS]] + [[cell(r, k) for _, k in COLUMNS] for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = []
+    for n, row in enumerate(rows):
+        lines.append(
+            "  ".join(
+                v.ljust(w) if i < 3 else v.rjust(w)
+                for i, (v, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    head = "| " + " | ".join(title for title, _ in COLUMNS) + " |"
+    rule = "|" + "|".join("---" if i < 3 else "---:" for i in range(len(COLUMNS))) + "|"
+    body = ["| " + " | ".join(cell(r, k) for _, k in COLUMNS) + " |" for r in results]
+    return "\n".join([head, rule, *body])
+
+
+# --- versions and machine -------------------------------------------------------------------
+
+
+def versions() -> dict[str, str]:
+    import httptools
+    import OpenSSL
+    from OpenSSL import SSL
+
+    import twisted
+
+    nginx = subprocess.run(
+        [nginx_binary() or "nginx", "-V"], capture_output=True, text=True, timeout=30
+    ).stderr
+    nginx_version = re.search(r"nginx version: (\S+)", nginx)
+    nginx_openssl = re.search(r"built with (OpenSSL \S+)", nginx)
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, timeout=30).stdout
+    git = subprocess.run(
+        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.strip()
+    return {
+        "edgenode": git or "?",
+        "python": platform.python_version(),
+        "twisted": twisted.__version__,
+        "pyopenssl": OpenSSL.__version__,
+        "openssl (pyOpenSSL)": SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode(),
+        "httptools": httptools.__version__,
+        "nginx": (nginx_version.group(1).removeprefix("nginx/") if nginx_version else "?")
+        + (f" ({nginx_openssl.group(1)})" if nginx_openssl else ""),
+        "wrk": wrk.split("Copyright")[0].strip().removeprefix("wrk ") or "?",
+    }
+
+
+def machine() -> dict[str, str]:
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "memory": mem,
+        "kernel": f"{platform.system()} {platform.release()}",
+    }
+
+
+def render_markdown(
+    results: list[dict[str, Any]],
+    args: argparse.Namespace,
+    started: datetime.datetime,
+    edge_cpu: int,
+    load_cpu: int,
+    anomalies: list[str],
+    failures: list[str],
+) -> str:
+    command = shlex.join(["python3", "bench/run.py", *args.argv])
+    lines = [
+        f"# edgenode vs nginx, {started:%Y-%m-%d %H:%M} UTC",
+        "",
+        f"Command: `{command}` ({args.warmup:g} s warm-up, then {args.duration:g} s "
+        f"measured per row; edge on core {edge_cpu}, wrk and the origin on core {load_cpu}).",
+        "",
+        markdown_table(results),
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in machine().items()) + ".",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
+        "",
+        "CPU µs/req = (utime+stime+cutime+cstime of the edge's process tree after the run - "
+        "before, from /proc/<pid>/stat, in clock ticks → µs) ÷ requests wrk completed. "
+        "edge core % = that CPU time ÷ wall time; load core % = busy share of the core "
+        "shared by wrk and the origin (near 100 % means the load side, not the edge, set "
+        "the pace). Peak RSS = VmHWM (nginx: its worker). Ratios are edgenode ÷ nginx from "
+        "this run; they carry across runs, absolute figures do not.",
+    ]
+    if failures:
+        lines += ["", "Failed their correctness check (not timed):", ""]
+        lines += [f"- {f}" for f in failures]
+    if anomalies:
+        lines += ["", "Noticed during the run:", ""] + [f"- {a}" for a in anomalies]
+    return "\n".join(lines) + "\n"
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description="Benchmark edgenode against nginx as a CDN edge in front of a TLS origin.",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="seconds per measured run (default 10)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=2.0, help="seconds of warm-up before each run (2)"
+    )
+    parser.add_argument("--quick", action="store_true", help="3 s runs, 1k body, 32 connections")
+    parser.add_argument("--only", choices=EDGES, help="benchmark one edge only (no ratios)")
+    parser.add_argument(
+        "--bodies", default="1k,64k", help=f"comma-separated, of {', '.join(BODIES)}"
+    )
+    parser.add_argument("--connections", default="32,128", help="comma-separated wrk -c values")
+    parser.add_argument(
+        "--markdown",
+        metavar="PATH",
+        help="where to write the Markdown (default bench/results-<date>[-quick].md)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="a cell that fails its correctness check is reported as not timed (exit 1 at "
+        "the end) instead of aborting the whole run",
+    )
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(raw)
+    args.argv = raw
+    if args.quick:
+        args.duration, args.bodies, args.connections = 3.0, "1k", "32"
+    args.bodies = [b.strip() for b in args.bodies.split(",") if b.strip()]
+    unknown = [b for b in args.bodies if b not in BODIES]
+    if unknown or not args.bodies:
+        parser.error(f"--bodies: choose from {', '.join(BODIES)}")
+    try:
+        args.connections = [int(c) for c in args.connections.split(",")]
+    except ValueError:
+        parser.error("--connections: comma-separated integers")
+    if not all(1 <= c <= 1000 for c in args.connections):
+        parser.error("--connections: 1..1000 each")
+    if not (0.5 <= args.duration <= 600 and 0 <= args.warmup <= 60):
+        parser.error("--duration 0.5..600, --warmup 0..60")
+    return args
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through every finally: processes get stopped
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    # Ctrl-C even when started from a shell that set SIGINT to ignored (`cmd &`), but a
+    # SIGHUP that `nohup` ignores stays ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _terminate)
+    started = datetime.datetime.now(datetime.UTC)
+    procs = Processes()
+    tmp = Path(tempfile.mkdtemp(prefix="edgenode-bench-"))
+    try:
+        ensure_tools()
+        ensure_python_deps()
+        bench = Bench(args, tmp, procs)
+        results = bench.run()
+    except BenchError as exc:
+        log(f"ABORTED: {exc}")
+        if not args.keep:
+            log(f"(run with --keep to keep the logs and configs in {tmp})")
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        procs.stop_all()
+        if args.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    add_ratios(results)
+    print()
+    print(text_table(results))
+    for note in bench.anomalies:
+        print(f"note: {note}")
+    for failure in bench.failures:
+        print(f"FAILED: {failure}")
+    if args.markdown:
+        path = Path(args.markdown)
+    else:
+        suffix = "-quick" if args.quick else (f"-only-{args.only}" if args.only else "")
+        path = BENCH_DIR / f"results-{started:%Y-%m-%d}{suffix}.md"
+    path.write_text(
+        render_markdown(
+            results,
+            args,
+            started,
+            bench.edge_cpu,
+            bench.load_cpu,
+            bench.anomalies,
+            bench.failures,
+        )
+    )
+    print(f"\nMarkdown: {path}")
+    return 1 if bench.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
