@@ -44,24 +44,30 @@ def connection_tokens(headers: Headers) -> frozenset[bytes]:
 
 
 def _drop(headers: Headers, owned: frozenset[bytes]) -> tuple[Headers, bytes | None, bytes | None]:
-    """Headers minus `owned` and the Connection-listed ones; also the XFF and Via values seen."""
-    listed = (
-        connection_tokens(headers) if any(n.lower() == b"connection" for n, _ in headers) else ()
-    )
+    """Headers minus `owned` and the Connection-listed ones; also the XFF and Via values seen.
+
+    One pass on the hot path; the names a Connection header lists are removed after it,
+    since the Connection header may come after the headers it names.
+    """
     kept: Headers = []
     xff: bytes | None = None
     via: bytes | None = None
+    listed: set[bytes] | None = None
     for name, value in headers:
         lower = name.lower()
-        if lower in owned or lower in listed:
+        if lower in owned:
+            if lower == b"connection":
+                listed = listed or set()
+                listed.update(t.strip().lower() for t in value.split(b","))
             continue
         if lower == b"x-forwarded-for":
             xff = value if xff is None else xff + b", " + value
-            continue
-        if lower == b"via":
+        elif lower == b"via":
             via = value if via is None else via + b", " + value
-            continue
-        kept.append((name, value))
+        else:
+            kept.append((name, value))
+    if listed:
+        kept = [(n, v) for n, v in kept if n.lower() not in listed]
     return kept, xff, via
 
 

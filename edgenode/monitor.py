@@ -21,6 +21,7 @@ from edgenode.upstream import OriginPool, OriginRoute
 log = Logger()
 
 UNKNOWN_DOMAIN = "_unknown"
+_STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 CERT_FAILURE_LOG_INTERVAL = 60.0  # at most one verification-failure line per origin+SNI per minute
 
 # How a failed connection setup shows in edgenode_origin_tls_handshakes_total{result}.
@@ -29,6 +30,22 @@ _HANDSHAKE_RESULT = {
     ErrorCode.ORIGIN_CERT_UNTRUSTED: "untrusted",
     ErrorCode.ORIGIN_TLS_FAILED: "failed",
 }
+
+
+class _Children:
+    """labels() of one metric, memoised: prometheus-client's lookup costs a few µs a call."""
+
+    __slots__ = ("_cache", "_metric")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._cache: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *labels: str) -> Any:
+        child = self._cache.get(labels)
+        if child is None:
+            child = self._cache[labels] = self._metric.labels(*labels)
+        return child
 
 
 class Monitor:
@@ -80,6 +97,10 @@ class Monitor:
         )
         if pool is not None:
             r.register(_PoolCollector(pool))
+        self._requests = _Children(self.requests)
+        self._duration = _Children(self.duration)
+        self._attempts = _Children(self.attempts)
+        self._reused = _Children(self.reused)
         self._failing: dict[tuple[str, int], str] = {}  # origin server -> first error seen
         self._cert_log_next: dict[tuple[str, str | None], tuple[float, int]] = {}
 
@@ -91,15 +112,15 @@ class Monitor:
     def request_done(self, record: AccessRecord) -> None:
         domain = record.domain or UNKNOWN_DOMAIN
         status = record.status or 0
-        self.requests.labels(domain, f"{status // 100}xx" if status else "none").inc()
-        self.duration.labels(domain).observe(record.duration_ms / 1000.0)
+        self._requests(domain, _STATUS_CLASS.get(status // 100, "none")).inc()
+        self._duration(domain).observe(record.duration_ms / 1000.0)
 
     def connection_used(
         self, domain: str, route: OriginRoute, *, reused: bool, peer: CertFacts | None
     ) -> None:
         """A request got a ready connection: a reuse, or a fresh handshake that verified."""
         if reused:
-            self.reused.labels(domain, route.label).inc()
+            self._reused(domain, route.label).inc()
         elif route.tls:
             sni = route.sni or ""
             self.handshakes.labels(domain, route.label, sni, "ok").inc()
@@ -108,7 +129,7 @@ class Monitor:
         self._recovered(route)
 
     def attempt_done(self, domain: str, route: OriginRoute, err: OriginError | None) -> None:
-        self.attempts.labels(domain, route.label, "ok" if err is None else err.code.value).inc()
+        self._attempts(domain, route.label, "ok" if err is None else err.code.value).inc()
         if err is None:
             self._recovered(route)
         else:
