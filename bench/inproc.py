@@ -36,7 +36,7 @@ REQUEST = (
 
 
 class _TCPTransport(StringTransport):
-    def getHandle(self) -> None:  # noqa: N802 (Twisted API)
+    def getHandle(self) -> None:
         return None
 
 
