@@ -167,6 +167,7 @@ class EdgeService(service.Service):
     def startService(self) -> None:
         super().startService()
         self.pool.start()
+        self.access_log.start(self.reactor)
         # After reactor.run() installed Twisted's own handlers: ours replace them.
         self.reactor.callWhenRunning(self._install_signal_handlers)
         runtime = self.holder.current
