@@ -295,9 +295,14 @@ class DownstreamProtocol(TwistedProtocol):
 
     def _timed_out(self) -> None:
         self._timer = None
-        # Idle keep-alive connection, or a request head that did not arrive in time
-        # (slowloris): close without a word, as nginx does.
-        self.transport.abortConnection()
+        if self._in_head or self.closing_after_response or self.current is not None:
+            # A head that did not arrive in time (slowloris), or a client that does not
+            # take a cut-short response: reset, nothing more is owed.
+            self.transport.abortConnection()
+        else:
+            # An idle keep-alive connection: a plain close, as nginx does, so a client
+            # that just reused it sees a clean end rather than a reset.
+            self.transport.loseConnection()
 
     # -- reading --------------------------------------------------------------
 
