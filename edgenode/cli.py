@@ -18,6 +18,7 @@ from typing import Any
 from edgenode.config import Config, load_config
 from edgenode.errors import ConfigError
 from edgenode.probe import add_probe_command
+from edgenode.tail import add_tail_command
 
 PROG = "edgenode"
 EXIT_OK = 0
@@ -194,6 +195,7 @@ def admin_address(listen: str) -> tuple[str, int]:
 # `probe` (SPEC §2) are added here as they are written.
 COMMANDS: tuple[Callable[[Subcommands], None], ...] = (
     add_check_command,
+    add_tail_command,
     add_reload_command,
     add_probe_command,
 )
