@@ -167,6 +167,10 @@ class Exchange:
         self.record.sni = route.sni
         self.record.verify_name = route.verify_name if route.verify else None
         t = self.timeouts
+        # A backstop: the pool and the connection keep their own timers for each step;
+        # this one guarantees a request never waits forever for a connection whatever
+        # goes wrong in between (SPEC: never a hang).
+        self._arm_timer(t.connect + t.tls_handshake + self.proxy.pool.queue_timeout + 1.0)
         self._cancel_acquire = self.proxy.pool.acquire(
             route, self, connect_timeout=t.connect, handshake_timeout=t.tls_handshake, fresh=fresh
         )
@@ -369,12 +373,12 @@ class Exchange:
     # -- IPushProducer: the client's socket tells the origin to wait -------------
 
     def pauseProducing(self) -> None:
-        if self.conn is not None and self.conn.transport is not None:
-            self.conn.transport.pauseProducing()
+        if self.conn is not None:
+            self.conn.pause_reading()
 
     def resumeProducing(self) -> None:
-        if self.conn is not None and self.conn.transport is not None:
-            self.conn.transport.resumeProducing()
+        if self.conn is not None:
+            self.conn.resume_reading()
 
     def stopProducing(self) -> None:
         self.client_lost()
@@ -401,14 +405,21 @@ class Exchange:
         if idle < self._timer_limit:
             self._timer = self.clock.callLater(self._timer_limit - idle, self._check_timer)
             return
+        sent = True
         if self._response_started:
             detail = f"origin sent no body bytes for {self._timer_limit:g}s (body_idle)"
+        elif self.conn is None:
+            detail = f"no usable origin connection within {self._timer_limit:g}s"
+            sent = False
+            if self._cancel_acquire is not None:
+                self._cancel_acquire()
+                self._cancel_acquire = None
         else:
             detail = f"origin sent no response headers within {self._timer_limit:g}s"
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.abort()
-        self._attempt_failed(OriginError(ErrorCode.ORIGIN_TIMEOUT, detail, request_sent=True))
+        self._attempt_failed(OriginError(ErrorCode.ORIGIN_TIMEOUT, detail, request_sent=sent))
 
     # -- endings ---------------------------------------------------------------------
 

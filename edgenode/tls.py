@@ -118,6 +118,8 @@ class ConnectionTLS:
     connection: SSL.Connection | None = None
     peer: CertFacts | None = None
     failure: OriginError | None = None  # set by the verify callback
+    offered_session: bool = False  # a session of this route was offered for resumption
+    checked_leaf: bool = False  # our verify callback ran on the leaf certificate
 
     @property
     def version(self) -> str | None:
@@ -128,10 +130,17 @@ class ConnectionTLS:
         return self.connection.get_cipher_name() if self.connection else None
 
     @property
-    def resumed(self) -> bool:
-        # No session is ever offered yet (resumption is per-route work still to come),
-        # so no handshake can be a resumed one.
-        return False
+    def resumed(self) -> bool | None:
+        """Whether the handshake resumed a session (None: cannot tell, verify is off).
+
+        A resumed handshake sends no certificate, so the verify callback never sees a
+        leaf; pyOpenSSL has no public SSL_session_reused, and this needs none.
+        """
+        if not self.offered_session:
+            return False
+        if not self.verify:
+            return None
+        return not self.checked_leaf
 
     def capture_peer(self) -> None:
         """Remember the peer certificate (after the handshake, or after it failed)."""
@@ -205,7 +214,9 @@ class TrustProfile:
             )
             self.description = f"the CA bundle {ca_file}"
         options = CertificateOptions(
-            trustRoot=trust_root, raiseMinimumTo=_MIN_VERSIONS[min_version]
+            trustRoot=trust_root,
+            raiseMinimumTo=_MIN_VERSIONS[min_version],
+            enableSessionTickets=True,  # TLS 1.2 resumption against origins without a cache
         )
         self.context: SSL.Context = options.getContext()
 
@@ -251,6 +262,7 @@ class OriginTLSCreator:
         self._service_id = (
             IPAddress_ID(verify_name) if is_ip_literal(verify_name) else DNS_ID(verify_name)
         )
+        self._session: SSL.Session | None = None  # this route's, and only this route's
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         conn = SSL.Connection(self.profile.context)
@@ -264,16 +276,35 @@ class OriginTLSCreator:
             )
         else:
             conn.set_verify(SSL.VERIFY_NONE, None)
+        if self._session is not None:
+            # Only this route's own session: a resumed handshake skips certificate
+            # verification, so a session must never be offered for another SNI or name.
+            conn.set_session(self._session)
+            facts.offered_session = True
         tlsProtocol.wrappedProtocol.tls = facts
         return conn
+
+    def remember_session(self, conn: SSL.Connection) -> None:
+        """Keep the session of a verified connection of this route for the next one.
+
+        Called once response bytes arrived: TLS 1.3 tickets come after the handshake.
+        """
+        session = conn.get_session()
+        if session is not None:
+            self._session = session
+
+    def forget_session(self) -> None:
+        self._session = None
 
     def _verify_callback(self, facts: ConnectionTLS) -> Any:
         service_id = self._service_id
         description = self.profile.description
 
         def verify(conn: SSL.Connection, cert: Any, errno: int, depth: int, ok: int) -> bool:
-            if depth == 0 and facts.peer is None:
-                facts.peer = CertFacts.of(cert.to_cryptography())
+            if depth == 0:
+                facts.checked_leaf = True
+                if facts.peer is None:
+                    facts.peer = CertFacts.of(cert.to_cryptography())
             if not ok:
                 if facts.failure is None:
                     reason = _VERIFY_ERRORS.get(errno, f"verify error {errno}")

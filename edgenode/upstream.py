@@ -130,6 +130,7 @@ class UpstreamConnection(TwistedProtocol):
         self.handshake_ms: float | None = None
         self.idle_since = 0.0
         self.retired = False
+        self._paused = False
         self._waiter: ConnectionWaiter | None = None
         self._handshake_timer: Any = None
         self._listener: ResponseListener | None = None
@@ -197,6 +198,17 @@ class UpstreamConnection(TwistedProtocol):
 
     def write_body(self, data: bytes) -> None:
         self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        """Backpressure from the client: stop reading the origin until it drains."""
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resumeProducing()
 
     # -- receiving --------------------------------------------------------
 
@@ -277,6 +289,9 @@ class UpstreamConnection(TwistedProtocol):
         self._in_head = False
         if self._chunked:
             self._length = None
+        if self.requests == 1 and self.tls is not None and self.route.creator is not None:
+            # Response bytes arrived, so a TLS 1.3 ticket has too: keep this route's session.
+            self.route.creator.remember_session(self.tls.connection)
         listener = self._listener
         if listener is not None:
             listener.response_head(status, self._reason.strip(), self._headers, self._length)
@@ -581,6 +596,8 @@ class OriginPool:
         """A connection whose exchange finished cleanly: keep it, unless it must go."""
         if conn.state == _CLOSED:
             return
+        # A slow client may have paused it; an idle pooled connection must be read again.
+        conn.resume_reading()
         if conn.retired:
             conn.close_idle()
             return

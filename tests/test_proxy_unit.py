@@ -432,3 +432,16 @@ def test_chunked_origin_response_is_relayed_chunked() -> None:
     out = transport.value()
     assert header(out, b"Transfer-Encoding") == [b"chunked"]
     assert out.endswith(b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+
+
+def test_a_connection_that_never_becomes_ready_still_ends_in_504() -> None:
+    """If a connect neither completes nor fails, the exchange's backstop answers 504."""
+    edge = Edge(http_domain({"address": "192.0.2.1", "port": 8080}))
+    client, transport = edge.client()
+    client.dataReceived(b"GET / HTTP/1.1\r\n" + WWW + b"\r\n")
+    assert len(edge.connects()) == 1  # the connect is never completed nor refused
+    edge.reactor.advance(5 + 5 + 5 + 1.5)  # connect + handshake + queue timeouts + slack
+    assert status_lines(transport.value()) == [b"HTTP/1.1 504 Gateway Timeout"]
+    (record,) = edge.log.records
+    assert record.error == "origin_timeout"
+    assert "no usable origin connection" in (record.error_detail or "")
