@@ -72,24 +72,48 @@ class AccessRecord:
     origin_cert: dict[str, Any] | None = None
 
     def to_json_line(self) -> bytes:
-        data: dict[str, Any] = {}
-        for name in FIELDS:
-            if name == "ts":
-                data["ts"] = rfc3339(self.started)
-            else:
-                data[name] = getattr(self, name)
-        data["duration_ms"] = round(self.duration_ms, 3)
-        for key in ("upstream_connect_ms", "upstream_handshake_ms"):
-            if data[key] is not None:
-                data[key] = round(data[key], 3)
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        connect_ms, handshake_ms = self.upstream_connect_ms, self.upstream_handshake_ms
+        data = {  # FIELDS, in order
+            "ts": rfc3339(self.started),
+            "request_id": self.request_id,
+            "client": self.client,
+            "method": self.method,
+            "host": self.host,
+            "path": self.path,
+            "status": self.status,
+            "bytes_sent": self.bytes_sent,
+            "duration_ms": round(self.duration_ms, 3),
+            "domain": self.domain,
+            "origin": self.origin,
+            "sni": self.sni,
+            "verify_name": self.verify_name,
+            "tls_version": self.tls_version,
+            "tls_cipher": self.tls_cipher,
+            "origin_status": self.origin_status,
+            "attempts": self.attempts,
+            "error": self.error,
+            "generation": self.generation,
+            "error_detail": self.error_detail,
+            "connection_reused": self.connection_reused,
+            "upstream_connect_ms": None if connect_ms is None else round(connect_ms, 3),
+            "upstream_handshake_ms": None if handshake_ms is None else round(handshake_ms, 3),
+            "tls_resumed": self.tls_resumed,
+            "origin_cert": self.origin_cert,
+        }
+        return _encode(data).encode() + b"\n"
+
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_ts_cache: list[object] = [-1, ""]
 
 
 def rfc3339(ts: float) -> str:
+    """UTC with milliseconds; the seconds part is formatted once per second, not per line."""
     whole = int(ts)
-    return (
-        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{int((ts - whole) * 1000):03d}Z"
-    )
+    if _ts_cache[0] != whole:
+        _ts_cache[0] = whole
+        _ts_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    return f"{_ts_cache[1]}.{int((ts - whole) * 1000):03d}Z"
 
 
 def parse_line(line: bytes | str) -> dict[str, Any] | None:

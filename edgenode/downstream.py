@@ -245,6 +245,8 @@ class DownstreamProtocol(TwistedProtocol):
         self._began_in_this_read = False
         self._parser = httptools.HttpRequestParser(self)
         self._timer: Any = None
+        self._deadline: float | None = None
+        self._head_timed = False
         self._reset_head()
 
     # -- connection ---------------------------------------------------------
@@ -282,19 +284,42 @@ class DownstreamProtocol(TwistedProtocol):
 
     # -- timers ---------------------------------------------------------------
 
+    # One DelayedCall per connection, moved only when a deadline comes sooner: a
+    # keep-alive request that arrives in one read costs no timer operation at all.
+
     def _set_timer(self, seconds: float) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(seconds)
-        else:
-            self._timer = self.clock.callLater(seconds, self._timed_out)
+        """Time the connection out `seconds` from now (idle, head or flush deadline)."""
+        deadline = self.clock.seconds() + seconds
+        self._deadline = deadline
+        timer = self._timer
+        if timer is None or not timer.active():
+            self._timer = self.clock.callLater(seconds, self._deadline_reached)
+        elif timer.getTime() > deadline:
+            timer.reset(seconds)
+
+    def _clear_deadline(self) -> None:
+        """No client deadline while an exchange runs; an armed timer finds nothing to do."""
+        self._deadline = None
 
     def _cancel_timer(self) -> None:
+        self._deadline = None
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
 
-    def _timed_out(self) -> None:
+    def _deadline_reached(self) -> None:
         self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        now = self.clock.seconds()
+        if now < deadline:
+            self._timer = self.clock.callLater(deadline - now, self._deadline_reached)
+            return
+        self._deadline = None
+        self._timed_out()
+
+    def _timed_out(self) -> None:
         if self._in_head or self.closing_after_response or self.current is not None:
             # A head that did not arrive in time (slowloris), or a client that does not
             # take a cut-short response: reset, nothing more is owed.
@@ -341,6 +366,10 @@ class DownstreamProtocol(TwistedProtocol):
         except httptools.HttpParserError as e:
             self._refuse(ErrorCode.BAD_REQUEST, f"malformed request: {e}")
             return
+        if self._in_head and not self._head_timed and self.current is None:
+            # The head did not arrive in one read: from now on it has a deadline (slowloris).
+            self._head_timed = True
+            self._set_timer(self.limits.client_header_timeout)
         if self._in_head and not self._began_in_this_read:
             # A whole read inside one unfinished head counts in full; the read the head
             # began in is not charged (it may hold the previous request), so a head can
@@ -351,6 +380,7 @@ class DownstreamProtocol(TwistedProtocol):
 
     def _reset_head(self) -> None:
         self._in_head = False
+        self._head_timed = False
         self._head_bytes = 0
         self._url = b""
         self._headers: Headers = []
@@ -362,8 +392,6 @@ class DownstreamProtocol(TwistedProtocol):
         self._reset_head()
         self._in_head = True
         self._began_in_this_read = True
-        if self.current is None and not self._queue:
-            self._set_timer(self.limits.client_header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -382,7 +410,7 @@ class DownstreamProtocol(TwistedProtocol):
         req = _Request(head)
         self._parsing = req
         if self.current is None:
-            self._cancel_timer()
+            self._clear_deadline()
             self._start(req)
         else:
             self._queue.append(req)
@@ -542,6 +570,7 @@ class DownstreamProtocol(TwistedProtocol):
             self.transport.loseConnection()
             return
         if self._in_head:
+            self._head_timed = True
             self._set_timer(self.limits.client_header_timeout)
         else:
             self._set_timer(self.limits.client_idle_timeout)

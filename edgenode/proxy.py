@@ -20,7 +20,6 @@ Invariants kept here:
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
@@ -94,7 +93,7 @@ class Exchange:
             method=head.method.decode("latin-1"),
             host=head.host,
             path=head.path.decode("latin-1"),
-            started=time.time(),
+            started=self.t0,
             generation=runtime.generation,
         )
         self.done = False
@@ -193,7 +192,8 @@ class Exchange:
             rec.tls_version = conn.tls.version
             rec.tls_cipher = conn.tls.cipher
             rec.tls_resumed = conn.tls.resumed
-            rec.origin_cert = peer.to_json() if peer else None
+            # What the origin presented, on the request that made the handshake.
+            rec.origin_cert = peer.to_json() if peer and not rec.connection_reused else None
         self.proxy.monitor.connection_used(
             self.record.domain or "", self.route, reused=rec.connection_reused, peer=peer
         )
@@ -386,12 +386,15 @@ class Exchange:
     # -- timeouts -------------------------------------------------------------------
 
     def _arm_timer(self, seconds: float) -> None:
-        self._last_progress = self.clock.seconds()
+        """Fail the attempt after `seconds` without progress (moves the timer only sooner)."""
+        now = self.clock.seconds()
+        self._last_progress = now
         self._timer_limit = seconds
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(seconds)
-        else:
+        timer = self._timer
+        if timer is None or not timer.active():
             self._timer = self.clock.callLater(seconds, self._check_timer)
+        elif timer.getTime() > now + seconds:
+            timer.reset(seconds)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
