@@ -162,11 +162,54 @@ def _method_not_allowed(request: Request, allowed: bytes) -> bytes:
     return _json(request, 405, {"error": "method_not_allowed", "allowed": allowed.decode()})
 
 
+class _CappedRequest(Request):
+    """A request whose body may not exceed MAX_ADMIN_BODY: 413 and close, unread.
+
+    twisted.web reads (and spools to disk) any body before the resource runs; the admin
+    API takes no bodies, so a large one is refused as soon as its length is known.
+    """
+
+    _refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > MAX_ADMIN_BODY:
+            self._refuse_body()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self.content.tell() + len(data) > MAX_ADMIN_BODY:  # chunked: counted as it comes
+            self._refuse_body()
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self._refused:
+            super().requestReceived(command, path, version)
+
+    def _refuse_body(self) -> None:
+        self._refused = True
+        self.requestHeaders.removeHeader(b"expect")  # or "100 Continue" would follow the 413
+        body = json.dumps({"error": "request_too_large", "limit": MAX_ADMIN_BODY}).encode()
+        transport = self.channel.transport if self.channel is not None else None
+        if transport is not None:
+            transport.write(
+                b"HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json\r\n"
+                b"Connection: close\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+            )
+            transport.loseConnection()
+        log.info("admin request refused: body above {limit} bytes", limit=MAX_ADMIN_BODY)
+
+
 class AdminSite(Site):
     """The admin site; its request log goes to the twistd log without any header values."""
 
+    requestFactory = _CappedRequest
+
     def __init__(self, resource: AdminResource) -> None:
-        super().__init__(resource)
+        super().__init__(resource, requestFactory=_CappedRequest)
         self.displayTracebacks = False
 
     def log(self, request: Request) -> None:
