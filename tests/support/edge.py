@@ -353,7 +353,7 @@ class EdgeProcess:
 
         A test that called `stop()` itself owns the exit code. Otherwise the
         edge must still be running, exit 0 on SIGTERM (SPEC §2), and have
-        logged no DeprecationWarning from edgenode's own code.
+        logged no DeprecationWarning from edgenode's own code and no unhandled error.
         """
         problems = []
         if self._proc is not None:
@@ -370,6 +370,9 @@ class EdgeProcess:
                         problems.append(self._explain(f"the edge exited with {code} on SIGTERM"))
         for warning in self.own_deprecations():
             problems.append(f"edgenode raised a DeprecationWarning: {warning}")
+        if "Unhandled Error" in self.log_text() or "Traceback" in self.log_text():
+            # An exception that escaped to the reactor is a bug whatever the client saw.
+            problems.append(self._explain("the edge logged an unhandled error"))
         return problems
 
     def own_deprecations(self) -> list[str]:
