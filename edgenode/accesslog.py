@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 import attrs
+import orjson
 from twisted.internet.task import LoopingCall
 
 # SPEC §6 fields, in the order they are written; later fields explain TLS failures.
@@ -100,10 +101,7 @@ class AccessRecord:
             "tls_resumed": self.tls_resumed,
             "origin_cert": self.origin_cert,
         }
-        return _encode(data).encode() + b"\n"
-
-
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+        return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
 _ts_cache: list[object] = [-1, ""]
 
 
