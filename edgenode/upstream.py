@@ -684,9 +684,15 @@ class Balancer:
             groups.setdefault(priority, []).append((weight, route))
         self._groups = [groups[p] for p in sorted(groups)]
         self._current = [[0] * len(g) for g in self._groups]
+        # The common case, one origin per priority, has one fixed order.
+        self._fixed = (
+            tuple(g[0][1] for g in self._groups) if all(len(g) == 1 for g in self._groups) else None
+        )
 
     def plan(self) -> list[OriginRoute]:
         """Every origin once, in the order to try them for one request."""
+        if self._fixed is not None:
+            return list(self._fixed)
         order: list[OriginRoute] = []
         for group, current in zip(self._groups, self._current, strict=True):
             if len(group) == 1:
