@@ -384,7 +384,6 @@ class DownstreamProtocol(TwistedProtocol):
         self._head_bytes = 0
         self._url = b""
         self._headers: Headers = []
-        self._body_limit_hit = False
 
     def on_message_begin(self) -> None:
         if self._last_request_read:
@@ -498,7 +497,6 @@ class DownstreamProtocol(TwistedProtocol):
                 raise BadRequest(ErrorCode.BAD_REQUEST, "invalid Host")
         limit = self.limits.max_body_bytes
         if limit and content_length is not None and content_length > limit:
-            self._body_limit_hit = True
             raise BadRequest(
                 ErrorCode.REQUEST_TOO_LARGE, f"Content-Length {content_length} above {limit}"
             )
