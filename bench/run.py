@@ -339,6 +339,7 @@ ORIGIN_BLOCK = """
         ssl_certificate {cert};
         ssl_certificate_key {key};
         root {www};
+{extra}
         location = /whoami {{
             default_type text/plain;
             return 200 "$ssl_server_name";
@@ -493,10 +494,24 @@ class Bench:
         raise AssertionError("unreachable")
 
     def start_origin(self) -> None:
+        extra = []
+        if self.args.origin_closes:
+            # Every response ends its connection: each request costs a handshake,
+            # which is what TLS session resumption to origins is for.
+            extra.append("        keepalive_requests 1;")
+        if self.args.origin_no_resumption:
+            extra.append("        ssl_session_cache off;\n        ssl_session_tickets off;")
+
         def http_block(port: int) -> str:
             blocks = "".join(
                 ORIGIN_BLOCK.format(
-                    addr=LOOPBACK, port=port, name=host, cert=cert, key=key, www=self.www
+                    addr=LOOPBACK,
+                    port=port,
+                    name=host,
+                    cert=cert,
+                    key=key,
+                    www=self.www,
+                    extra="\n".join(extra),
                 )
                 for host, (cert, key) in self.leaves.items()
             )
@@ -1094,6 +1109,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "the median CPU µs/req and the notes the spread (default 1)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
+    parser.add_argument(
+        "--origin-closes",
+        action="store_true",
+        help="the origin closes every connection after one response (keepalive_requests 1)",
+    )
+    parser.add_argument(
+        "--origin-no-resumption",
+        action="store_true",
+        help="the origin refuses TLS session resumption (no session cache, no tickets)",
+    )
     parser.add_argument(
         "--keep-going",
         action="store_true",
