@@ -20,6 +20,8 @@ SPEC §3 is the authority. Where it is silent, the loader follows these rules:
   nothing is bound; TCP and SSL ports must also be 0..65535.
 - Timeouts are finite numbers of seconds above 0; `tls.ca_file` must exist and hold at
   least one PEM certificate; `tls.min_version` also takes the YAML numbers 1.2 and 1.3.
+- `workers` is 1..1024 or "auto" (one per CPU core, resolved when loading); more than one
+  needs a `tcp:`/`tcp6:` listen endpoint, which the supervisor binds and shares.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import difflib
 import math
 import os
 import reprlib
+import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -141,6 +144,7 @@ class Config:
     tls: TLSSettings = TLSSettings()
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()
+    workers: int = 1  # worker processes; 1 = this process serves, no supervisor
     domains: Mapping[str, Domain] = attrs.field(
         factory=lambda: MappingProxyType({}), converter=lambda d: MappingProxyType(dict(d))
     )
@@ -157,7 +161,16 @@ _ABSENT: Final = object()  # a key that is not in its mapping
 _YAML_PATH: Final = "(yaml)"  # the path of problems in the YAML text itself
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 
-_TOP_LEVEL_KEYS: Final = ("listen", "admin", "access_log", "tls", "timeouts", "limits", "domains")
+_TOP_LEVEL_KEYS: Final = (
+    "listen",
+    "workers",
+    "admin",
+    "access_log",
+    "tls",
+    "timeouts",
+    "limits",
+    "domains",
+)
 _ADMIN_KEYS: Final = ("listen", "token_file")
 _TLS_KEYS: Final = ("ca_file", "min_version")
 _TIMEOUT_KEYS: Final = tuple(field.name for field in attrs.fields(Timeouts))
@@ -175,6 +188,7 @@ _PROTOCOLS: Final = ("https", "http")
 _TLS_VERSIONS: Final = ("1.2", "1.3")
 _ENDPOINT_EXAMPLE: Final = "e.g. 'tcp:8080:interface=127.0.0.1'"
 _PEM_CERTIFICATE: Final = b"-----BEGIN CERTIFICATE-----"
+MAX_WORKERS: Final = 1024
 
 _DEFAULT_CONFIG: Final = Config()
 _DEFAULT_ADMIN: Final = AdminSettings()
@@ -193,9 +207,15 @@ def load_config(path: str | Path) -> Config:
     Raises `ConfigError` (never anything else) listing every problem, including a file that
     cannot be read or is not UTF-8.
     """
+    return load_config_and_text(path)[0]
+
+
+def load_config_and_text(path: str | Path) -> tuple[Config, str]:
+    """`load_config`, and the text it validated: a supervisor hands that text to its workers,
+    so that they run exactly what it checked, whatever happens to the file afterwards."""
     source = str(path)
     text = _read_config_text(Path(path), source)
-    return parse_config(text, base_dir=Path(path).parent, source=source)
+    return parse_config(text, base_dir=Path(path).parent, source=source), text
 
 
 def _read_config_text(path: Path, source: str) -> str:
@@ -481,8 +501,13 @@ class _Section:
 def _read_config(top: _Section, source: Path | None) -> Config:
     top.check_keys(_TOP_LEVEL_KEYS)
     timeouts = _read_timeouts(top.section("timeouts", "timeout names to seconds"), Timeouts())
+    listen = top.endpoint("listen", _DEFAULT_CONFIG.listen)
+    workers = _read_workers(top)
+    if workers > 1 and tcp_listen(listen) is None:
+        top.report("workers", workers_listen_problem(workers, listen))
     return Config(
-        listen=top.endpoint("listen", _DEFAULT_CONFIG.listen),
+        listen=listen,
+        workers=workers,
         admin=_read_admin(top),
         access_log=_read_access_log(top),
         tls=_read_tls(top),
@@ -490,6 +515,62 @@ def _read_config(top: _Section, source: Path | None) -> Config:
         limits=_read_limits(top.section("limits", "limit names to values")),
         domains=_read_domains(top, timeouts),
         source=source,
+    )
+
+
+def apply_overrides(config: Config, overrides: Mapping[str, str]) -> Config:
+    """`config` with the command line's `listen`, `admin.listen` and `workers` in place of
+    the file's; raises `ConfigError` when the result cannot run (workers on a unix socket)."""
+    source = str(config.source) if config.source is not None else None
+    if "listen" in overrides:
+        config = attrs.evolve(config, listen=overrides["listen"])
+    if "admin.listen" in overrides:
+        config = attrs.evolve(
+            config, admin=attrs.evolve(config.admin, listen=overrides["admin.listen"])
+        )
+    if "workers" in overrides:
+        value = overrides["workers"]
+        try:
+            workers = workers_count(int(value) if value.strip().isdigit() else value)
+        except ValueError as exc:
+            raise ConfigError([Problem("--workers", str(exc))], source=source) from None
+        config = attrs.evolve(config, workers=workers)
+    if config.workers > 1 and tcp_listen(config.listen) is None:
+        problem = Problem("workers", workers_listen_problem(config.workers, config.listen))
+        raise ConfigError([problem], source=source)
+    return config
+
+
+def _read_workers(top: _Section) -> int:
+    value = top.get("workers")
+    if value is _ABSENT:
+        return _DEFAULT_CONFIG.workers
+    try:
+        return workers_count(value)
+    except ValueError as exc:
+        top.report("workers", str(exc))
+        return _DEFAULT_CONFIG.workers
+
+
+def workers_count(value: object) -> int:
+    """The number of worker processes `value` asks for: 1..MAX_WORKERS, or "auto" (one per
+    CPU core). Raises ValueError saying what is accepted."""
+    if value == "auto" and isinstance(value, str):
+        return max(1, os.cpu_count() or 1)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WORKERS:
+        return value
+    raise ValueError(
+        f"must be a number of worker processes 1..{MAX_WORKERS}, or 'auto' (one per CPU core, "
+        f"{os.cpu_count() or 1} here), got {_show(value)}"
+    )
+
+
+def workers_listen_problem(workers: int, listen: str) -> str:
+    """Why `workers` > 1 cannot share `listen` (which is not a tcp:/tcp6: endpoint)."""
+    return (
+        f"{workers} workers share a listener that the supervisor binds itself (a TCP "
+        f"port), which needs a 'tcp:' or 'tcp6:' listen endpoint, got {listen!r}; "
+        "use e.g. 'tcp:8080:interface=0.0.0.0', or workers: 1"
     )
 
 
@@ -845,6 +926,37 @@ def _endpoint_problem(value: str) -> str | None:
             if not 0 <= port <= 65535:
                 return f"{value!r} has port {port}; a port is 0..65535, {_ENDPOINT_EXAMPLE}"
     return None
+
+
+@attrs.frozen
+class TCPListen:
+    """A `tcp:`/`tcp6:` listen endpoint, as the workers' supervisor binds it itself."""
+
+    family: socket.AddressFamily
+    interface: str  # "" (IPv4) or "::" (IPv6) = every address
+    port: int
+    backlog: int
+
+
+def tcp_listen(description: str) -> TCPListen | None:
+    """The address a `tcp:`/`tcp6:` server endpoint string listens on; None for other kinds.
+
+    Parsed by Twisted against an in-memory reactor, so the defaults (backlog 50, every
+    interface) and the escaping rules are exactly those of `serverFromString`.
+    """
+    reactor = MemoryReactor()
+    try:
+        endpoint = serverFromString(reactor, description)
+    except Exception:
+        return None
+    if not isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
+        return None
+    endpoint.listen(Factory()).addErrback(lambda _: None)
+    if not reactor.tcpServers:
+        return None
+    port, _factory, backlog, interface = reactor.tcpServers[0]
+    family = socket.AF_INET6 if isinstance(endpoint, TCP6ServerEndpoint) else socket.AF_INET
+    return TCPListen(family, interface, port, backlog)
 
 
 # --- Message helpers -----------------------------------------------------------------------

@@ -122,6 +122,7 @@ def effective_config(runtime: Runtime) -> dict[str, object]:
         "generation": runtime.generation,
         "source": str(config.source) if config.source else None,
         "listen": config.listen,
+        "workers": config.workers,
         "admin": {"listen": config.admin.listen, "token_file": str(config.admin.token_file)},
         "access_log": None if config.access_log is None else str(config.access_log),
         "tls": {
@@ -135,8 +136,8 @@ def effective_config(runtime: Runtime) -> dict[str, object]:
     }
 
 
-# Settings a running process cannot change: they name the sockets it listens on.
-RESTART_ONLY = ("listen", "admin.listen")
+# Settings a running process cannot change: the sockets it listens on, its processes.
+RESTART_ONLY = ("listen", "admin.listen", "workers")
 
 
 def config_diff(old: Config, new: Config) -> dict[str, object]:
@@ -164,6 +165,7 @@ def config_diff(old: Config, new: Config) -> dict[str, object]:
 def _settings(config: Config) -> dict[str, object]:
     return {
         "listen": config.listen,
+        "workers": config.workers,
         "admin": {"listen": config.admin.listen, "token_file": str(config.admin.token_file)},
         "access_log": None if config.access_log is None else str(config.access_log),
         "tls": {

@@ -19,6 +19,7 @@ from edgenode.config import (
     Origin,
     OriginSNI,
     Timeouts,
+    apply_overrides,
     config_from_mapping,
     load_config,
     parse_config,
@@ -512,10 +513,55 @@ def test_absolute_paths_are_kept(tmp_path: Path) -> None:
     assert config.source is None
 
 
+# --- workers ----------------------------------------------------------------------------------
+
+
+def test_workers_default_to_one_and_take_a_number_or_auto(monkeypatch) -> None:
+    """`workers` is 1 by default, a number of processes, or "auto": one per CPU core."""
+    assert config_from_mapping(minimal(), base_dir=BROKEN_CONFIGS).workers == 1
+    assert load_config(SAMPLE).workers == 1
+    data = {**minimal(), "workers": 4}
+    assert config_from_mapping(data, base_dir=BROKEN_CONFIGS).workers == 4
+    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    data = {**minimal(), "workers": "auto"}
+    assert config_from_mapping(data, base_dir=BROKEN_CONFIGS).workers == 6
+
+
+@pytest.mark.parametrize("value", [0, -1, 1025, True, "2", 1.5, "many", None])
+def test_bad_workers_values_are_problems(value: object) -> None:
+    """Anything but 1..1024 or "auto" is a problem that says what is accepted."""
+    problems = problems_of({**minimal(), "workers": value})
+    assert_reported(problems, "workers", "must be a number of worker processes 1..1024, or 'auto'")
+
+
+def test_workers_need_a_tcp_listen_endpoint() -> None:
+    """More than one worker needs a tcp:/tcp6: listener the supervisor can bind and share."""
+    data = {**minimal(), "workers": 2, "listen": "unix:/run/edge.sock"}
+    assert_reported(problems_of(data), "workers", "needs a 'tcp:' or 'tcp6:' listen endpoint")
+    for listen in ("tcp:8080:interface=127.0.0.1:backlog=512", "tcp6:8080"):
+        data = {**minimal(), "workers": 2, "listen": listen}
+        assert config_from_mapping(data, base_dir=BROKEN_CONFIGS).workers == 2
+    data = {**minimal(), "workers": 1, "listen": "unix:/run/edge.sock"}
+    assert config_from_mapping(data, base_dir=BROKEN_CONFIGS).workers == 1
+
+
+def test_command_line_overrides_are_checked_together() -> None:
+    """--workers and --listen apply over the file, and must still make a runnable pair."""
+    config = config_from_mapping(minimal(), base_dir=BROKEN_CONFIGS)
+    assert apply_overrides(config, {"workers": "3"}).workers == 3
+    assert apply_overrides(config, {"listen": "unix:/run/edge.sock"}).workers == 1
+    with pytest.raises(ConfigError) as caught:
+        apply_overrides(config, {"workers": "2", "listen": "unix:/run/edge.sock"})
+    assert_reported(caught.value.problems, "workers", "'tcp:' or 'tcp6:'")
+    with pytest.raises(ConfigError) as caught:
+        apply_overrides(config, {"workers": "0"})
+    assert_reported(caught.value.problems, "--workers", "1..1024")
+
+
 # --- Whatever the input: a Config or a ConfigError ------------------------------------------
 
 KNOWN_KEYS = [
-    *("listen", "admin", "access_log", "tls", "timeouts", "limits", "domains"),
+    *("listen", "workers", "admin", "access_log", "tls", "timeouts", "limits", "domains"),
     *("token_file", "ca_file", "min_version", "connect", "idle", "max_header_bytes"),
     *("origin_protocol", "origin_host", "origin_sni", "enabled", "value", "verify", "origins"),
     *("address", "port", "priority", "weight", "sni", "www.example.com", "*.example.com"),
