@@ -12,9 +12,11 @@ from typing import Any
 
 import attrs
 from prometheus_client import CONTENT_TYPE_LATEST
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from edgenode.hostnames import normalize_request_host
 from edgenode.runtime import RuntimeHolder, effective_config, effective_domain
@@ -26,23 +28,37 @@ MAX_ADMIN_BODY = 65536  # the admin API takes no real bodies; anything larger is
 
 @attrs.frozen
 class ReloadResult:
-    """The outcome of one reload: the new generation and diff, or the problems."""
+    """The outcome of one reload: the new generation and diff, or the problems.
+
+    With worker processes, `workers` holds each worker's answer, and a config the
+    supervisor applied that a worker rejected or never confirmed is not `ok` either:
+    it has a diff (`changed`) and `errors` naming the workers.
+    """
 
     ok: bool
     generation: int
     changed: dict[str, Any] | None = None
     errors: tuple[dict[str, str], ...] = ()
+    workers: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def status(self) -> int:
+        """200 applied; 422 rejected, nothing changed; 500 applied, but not by every worker."""
+        if self.ok:
+            return 200
+        return 422 if self.changed is None else 500
 
     def to_json(self) -> dict[str, Any]:
-        if self.ok:
-            assert self.changed is not None
+        body: dict[str, Any] = {"generation": self.generation}
+        if self.changed is not None:
             restart = self.changed.get("restart_required", [])
-            return {
-                "generation": self.generation,
-                "changed": {k: v for k, v in self.changed.items() if k != "restart_required"},
-                "restart_required": restart,
-            }
-        return {"generation": self.generation, "errors": list(self.errors)}
+            body["changed"] = {k: v for k, v in self.changed.items() if k != "restart_required"}
+            body["restart_required"] = restart
+        if not self.ok:
+            body["errors"] = list(self.errors)
+        if self.workers:
+            body["workers"] = list(self.workers)
+        return body
 
 
 def ensure_token(path: Path) -> str:
@@ -84,14 +100,16 @@ class AdminResource(Resource):
         self,
         holder: RuntimeHolder,
         token: str,
-        reload: Callable[[str], ReloadResult],
+        reload: Callable[[str], ReloadResult | Deferred[ReloadResult]],
         metrics: Callable[[], bytes] | None = None,
+        workers: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         super().__init__()
         self.holder = holder
         self._expected = f"Bearer {token}".encode()
         self._reload = reload
         self._metrics = metrics
+        self._workers = workers  # a supervisor's view of its worker processes
 
     def render(self, request: Request) -> bytes:
         path = request.path.rstrip(b"/") or b"/"
@@ -99,9 +117,17 @@ class AdminResource(Resource):
         if path == b"/healthz":
             if method not in (b"GET", b"HEAD"):
                 return _method_not_allowed(request, b"GET")
-            return _json(
-                request, 200, {"status": "ok", "generation": self.holder.current.generation}
-            )
+            health: dict[str, Any] = {
+                "status": "ok",
+                "generation": self.holder.current.generation,
+            }
+            if self._workers is not None:
+                workers = self._workers()
+                health["workers"] = {
+                    "configured": len(workers),
+                    "ready": sum(1 for w in workers if w["ready"]),
+                }
+            return _json(request, 200, health)
         if not self._authorized(request):
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="edgenode admin"')
             return _json(
@@ -111,7 +137,13 @@ class AdminResource(Resource):
             if method != b"POST":
                 return _method_not_allowed(request, b"POST")
             result = self._reload("admin")
-            return _json(request, 200 if result.ok else 422, result.to_json())
+            if isinstance(result, Deferred):
+                return self._reload_reply(request, result)
+            return _json(request, result.status, result.to_json())
+        if path == b"/workers" and self._workers is not None:
+            if method not in (b"GET", b"HEAD"):
+                return _method_not_allowed(request, b"GET")
+            return _json(request, 200, {"workers": self._workers()})
         if path == b"/config":
             if method not in (b"GET", b"HEAD"):
                 return _method_not_allowed(request, b"GET")
@@ -128,6 +160,27 @@ class AdminResource(Resource):
         return _json(
             request, 404, {"error": "not_found", "detail": f"no admin endpoint {_text(path)}"}
         )
+
+    def _reload_reply(self, request: Request, result: Deferred[ReloadResult]) -> Any:
+        """Answer once every worker has answered. A client that leaves does not cancel the
+        reload: the supervisor has applied it and must see it through on every worker."""
+        gone: list[Failure] = []
+        request.notifyFinish().addErrback(gone.append)
+
+        def reply(outcome: ReloadResult) -> None:
+            if not gone:
+                request.write(_json(request, outcome.status, outcome.to_json()))
+                request.finish()
+
+        def failed(failure: Failure) -> None:
+            log.failure("reload failed", failure)
+            if not gone:
+                body = {"error": "internal_error", "detail": "the reload failed; see the log"}
+                request.write(_json(request, 500, body))
+                request.finish()
+
+        result.addCallbacks(reply, failed)
+        return NOT_DONE_YET
 
     def _authorized(self, request: Request) -> bool:
         given = request.getHeader(b"authorization") or b""

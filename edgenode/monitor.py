@@ -3,11 +3,17 @@
 Label values come only from the config (domain names, origin addresses, SNI values)
 or from fixed sets (status classes, error codes): a client can never create a series.
 Hosts that match no domain count under `domain="_unknown"`.
+
+With `workers` > 1 the numbers live in several processes. Each worker counts its traffic
+in prometheus-client's multiprocess files (the supervisor sets PROMETHEUS_MULTIPROC_DIR
+for it); the supervisor counts reloads and the generation itself, and its /metrics adds
+the workers' files up (`edgenode.workers.WorkerMetrics`). Hence the three kinds of
+process a `Monitor` is made for.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -48,13 +54,26 @@ class _Children:
         return child
 
 
-class Monitor:
-    """Counts what the proxy does and says what operators must hear about, once."""
+Process = Literal["single", "supervisor", "worker"]
 
-    def __init__(self, clock: Any, pool: OriginPool | None = None) -> None:
+
+class Monitor:
+    """Counts what the proxy does and says what operators must hear about, once.
+
+    `process` "single" counts everything; a "worker" counts traffic only (its pool gauges
+    sampled each second by `sample_pool`, as nobody can ask it at scrape time); a
+    "supervisor" counts config reloads and the generation only.
+    """
+
+    def __init__(
+        self, clock: Any, pool: OriginPool | None = None, *, process: Process = "single"
+    ) -> None:
         self.clock = clock
+        self.process = process
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        # A supervisor serves no traffic: its traffic metrics stay out of its registry, so
+        # that they appear once in /metrics, summed from the workers' files.
+        r = None if process == "supervisor" else self.registry
         self.requests = Counter(
             "edgenode_requests", "Client requests answered", ["domain", "status_class"], registry=r
         )
@@ -83,20 +102,30 @@ class Monitor:
             ["domain", "origin"],
             registry=r,
         )
-        self.generation = Gauge(
-            "edgenode_config_generation", "Generation of the running config", registry=r
-        )
-        self.reloads = Counter(
-            "edgenode_config_reloads", "Config reloads by result", ["result"], registry=r
-        )
         self.cert_expiry = Gauge(
             "edgenode_origin_cert_expiry_timestamp_seconds",
             "notAfter of the certificate an origin presented at the last handshake",
             ["domain", "origin", "sni"],
             registry=r,
+            multiprocess_mode="mostrecent",
         )
-        if pool is not None:
-            r.register(_PoolCollector(pool))
+        if process != "worker":  # a worker's reloads are the supervisor's to count
+            self.generation = Gauge(
+                "edgenode_config_generation",
+                "Generation of the running config",
+                registry=self.registry,
+            )
+            self.reloads = Counter(
+                "edgenode_config_reloads",
+                "Config reloads by result",
+                ["result"],
+                registry=self.registry,
+            )
+        self._pool_gauges: _PoolGauges | None = None
+        if pool is not None and process == "worker":
+            self._pool_gauges = _PoolGauges(pool, self.registry)
+        elif pool is not None:
+            self.registry.register(_PoolCollector(pool))
         self._requests = _Children(self.requests)
         self._duration = _Children(self.duration)
         self._attempts = _Children(self.attempts)
@@ -106,6 +135,11 @@ class Monitor:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def sample_pool(self) -> None:
+        """A worker's open and idle origin connections, written where the supervisor reads."""
+        if self._pool_gauges is not None:
+            self._pool_gauges.sample()
 
     # -- per request --------------------------------------------------------------
 
@@ -155,9 +189,14 @@ class Monitor:
 
     # -- config -------------------------------------------------------------------
 
+    def started(self, generation: int) -> None:
+        if self.process != "worker":
+            self.generation.set(generation)
+
     def reloaded(self, ok: bool, generation: int) -> None:
-        self.reloads.labels("ok" if ok else "rejected").inc()
-        self.generation.set(generation)
+        if self.process != "worker":
+            self.reloads.labels("ok" if ok else "rejected").inc()
+            self.generation.set(generation)
 
     # -- events -------------------------------------------------------------------
 
@@ -219,6 +258,41 @@ class _PoolCollector:
             idle.add_metric([_label(address, port)], count)
         yield open_
         yield idle
+
+
+class _PoolGauges:
+    """The same two gauges for a worker: `livesum`, so /metrics adds up the live workers."""
+
+    def __init__(self, pool: OriginPool, registry: CollectorRegistry) -> None:
+        self.pool = pool
+        self.open = Gauge(
+            "edgenode_origin_connections_open",
+            "Open origin connections",
+            ["origin"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.idle = Gauge(
+            "edgenode_origin_connections_idle",
+            "Idle pooled origin connections",
+            ["origin"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self._known: dict[str, set[str]] = {"open": set(), "idle": set()}
+
+    def sample(self) -> None:
+        for which, gauge, counts in (
+            ("open", self.open, self.pool.open_by_server()),
+            ("idle", self.idle, self.pool.idle_by_server()),
+        ):
+            now = {_label(address, port): n for (address, port), n in counts.items()}
+            known = self._known[which]
+            for label in known - now.keys():  # gone from the pool: a file keeps the last value
+                gauge.labels(label).set(0)
+            for label, n in now.items():
+                gauge.labels(label).set(n)
+            known |= now.keys()
 
 
 def _label(address: str, port: int) -> str:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import attrs
 from twisted.application import service
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
@@ -22,13 +22,33 @@ from edgenode.admin import (
     ensure_token,
     is_loopback_endpoint,
 )
-from edgenode.config import Config, load_config
+from edgenode.config import (
+    Config,
+    apply_overrides,
+    load_config,
+    load_config_and_text,
+    tcp_listen,
+    workers_count,
+)
 from edgenode.downstream import DownstreamFactory
 from edgenode.errors import ConfigError, Problem
-from edgenode.monitor import Monitor
+from edgenode.monitor import Monitor, Process
 from edgenode.proxy import Proxy
-from edgenode.runtime import RuntimeHolder, build_runtime, config_diff
+from edgenode.runtime import Runtime, RuntimeHolder, build_runtime, config_diff
 from edgenode.upstream import OriginPool
+from edgenode.workers import (
+    RELOAD_TIMEOUT,
+    ControlChannel,
+    RunDir,
+    WorkerMetrics,
+    WorkerPool,
+    WorkerState,
+    adopt_listener,
+    bind_listeners,
+    open_control_channel,
+    read_state,
+    worker_argv,
+)
 
 log = Logger()
 
@@ -36,7 +56,9 @@ SHUTDOWN_GRACE = 10.0  # seconds in-flight requests get to finish on SIGTERM
 
 
 class Options(usage.Options):
-    synopsis = "(--config FILE | --demo) [--listen ENDPOINT] [--admin-listen ENDPOINT]"
+    synopsis = (
+        "(--config FILE | --demo) [--listen ENDPOINT] [--admin-listen ENDPOINT] [--workers N]"
+    )
     longdesc = (
         "A CDN edge node: HTTP/1.1 clients in, HTTPS back-to-origin with the origin SNI "
         "each domain names. See README.md and etc/edgenode.yaml."
@@ -48,9 +70,25 @@ class Options(usage.Options):
         ["config", "c", None, "The YAML config file (see etc/edgenode.yaml)."],
         ["listen", None, None, "Client-facing endpoint, overriding the config's `listen`."],
         ["admin-listen", None, None, "Admin endpoint, overriding the config's `admin.listen`."],
+        [
+            "workers",
+            None,
+            None,
+            "Worker processes sharing the client listener (a number, or 'auto' for one per "
+            "CPU core), overriding the config's `workers`.",
+        ],
+        ["worker", None, None, "Internal: run as a worker; the supervisor passes its state file."],
     ]
 
     def postOptions(self) -> None:
+        if self["worker"]:
+            return  # everything else comes from the supervisor's state file
+        if self["workers"] is not None:
+            value = self["workers"]
+            try:
+                workers_count(int(value) if value.strip().isdigit() else value)
+            except ValueError as e:
+                raise usage.UsageError(f"--workers {e}") from None
         if not self["config"] and not self["demo"]:
             raise usage.UsageError("--config FILE is required (or --demo)")
         if self["config"] and self["demo"]:
@@ -60,20 +98,43 @@ class Options(usage.Options):
 def makeService(options: Options) -> service.IService:
     if options["demo"]:
         return make_demo_service(options)
+    if options["worker"]:
+        return make_worker_service(options["worker"])
     overrides: dict[str, str] = {}
     if options["listen"]:
         overrides["listen"] = options["listen"]
     if options["admin-listen"]:
         overrides["admin.listen"] = options["admin-listen"]
+    if options["workers"]:
+        overrides["workers"] = options["workers"]
     try:
-        config = load_with_overrides(options["config"], overrides)
+        config, text = load_config_and_text(options["config"])
+        config = apply_overrides(config, overrides)
     except ConfigError as e:
         # twistd would print a traceback; an operator wants the problems, like `nginx -t`.
         print(f"edgenode: not starting: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     from twisted.internet import reactor
 
+    if config.workers > 1:
+        twistd_options = getattr(options, "parent", None) or {}
+        return SupervisorService(
+            config, reactor, overrides, text=text, reactor_name=twistd_options.get("reactor")
+        )
     return EdgeService(config, reactor, overrides)
+
+
+def make_worker_service(state_path: str) -> service.IService:
+    """One worker of a supervisor, on the config (and generation) of its state file."""
+    from twisted.internet import reactor
+
+    try:
+        state = read_state(state_path)
+        config = state.config()
+    except (OSError, ValueError, KeyError, ConfigError) as e:
+        print(f"edgenode: worker not starting: state {state_path}: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    return WorkerService(config, reactor, state, Path(state_path))
 
 
 def make_demo_service(options: Options) -> service.IService:
@@ -98,47 +159,52 @@ def make_demo_service(options: Options) -> service.IService:
 
 
 def load_with_overrides(path: str | Path, overrides: dict[str, str]) -> Config:
-    """Load the config file, then apply the command line's listener overrides."""
-    config = load_config(path)
-    if "listen" in overrides:
-        config = attrs.evolve(config, listen=overrides["listen"])
-    if "admin.listen" in overrides:
-        config = attrs.evolve(
-            config, admin=attrs.evolve(config.admin, listen=overrides["admin.listen"])
-        )
-    return config
+    """Load the config file, then apply the command line's overrides."""
+    return apply_overrides(load_config(path), overrides)
 
 
 class EdgeService(service.Service):
     """The edge: client listener, admin site, origin pool, access log, reload; drains on stop."""
 
     name = "edgenode"
+    process: ClassVar[Process] = "single"
 
     def __init__(
-        self, config: Config, reactor: Any, overrides: dict[str, str] | None = None
+        self,
+        config: Config,
+        reactor: Any,
+        overrides: dict[str, str] | None = None,
+        *,
+        generation: int = 1,
     ) -> None:
         self.config = config
         self.reactor = reactor
         self.overrides = overrides or {}
+        self.first_generation = generation  # a worker starts on its supervisor's
         self.ports: list[Any] = []
+        self._stopping = False
 
     def privilegedStartService(self) -> None:
+        self._build()
+        admin_site = self._admin_site(self.config)
+        self._listen(self.config.listen, self.factory)
+        self._listen(self.config.admin.listen, admin_site)
+        super().privilegedStartService()
+
+    def _build(self) -> None:
+        """The serving machinery: runtime, origin pool, access log, metrics, proxy."""
         config = self.config
-        self.holder = RuntimeHolder(build_runtime(config, generation=1))
+        self.holder = RuntimeHolder(build_runtime(config, generation=self.first_generation))
         self.pool = OriginPool(
             self.reactor,
             max_per_server=config.limits.origin_max_connections,
             queue_timeout=config.limits.origin_queue_timeout,
         )
         self.access_log = AccessLog(config.access_log)
-        self.monitor = Monitor(self.reactor, self.pool)
-        self.monitor.generation.set(1)
+        self.monitor = Monitor(self.reactor, self.pool, process=self.process)
+        self.monitor.started(self.first_generation)
         self.proxy = Proxy(self.holder, self.pool, self.access_log, self.reactor, self.monitor)
         self.factory = DownstreamFactory(self.proxy, config.limits, self.reactor)
-        admin_site = self._admin_site(config)
-        self._listen(config.listen, self.factory)
-        self._listen(config.admin.listen, admin_site)
-        super().privilegedStartService()
 
     def _admin_site(self, config: Config) -> AdminSite:
         try:
@@ -153,9 +219,10 @@ class EdgeService(service.Service):
                 listen=config.admin.listen,
                 path=str(config.admin.token_file),
             )
-        return AdminSite(
-            AdminResource(self.holder, token, self.reload, metrics=self.monitor.render)
-        )
+        return AdminSite(self._admin_resource(token))
+
+    def _admin_resource(self, token: str) -> AdminResource:
+        return AdminResource(self.holder, token, self.reload, metrics=self.monitor.render)
 
     def _listen(self, description: str, factory: Any) -> None:
         endpoint = endpoints.serverFromString(self.reactor, description)
@@ -170,6 +237,9 @@ class EdgeService(service.Service):
         self.access_log.start(self.reactor)
         # After reactor.run() installed Twisted's own handlers: ours replace them.
         self.reactor.callWhenRunning(self._install_signal_handlers)
+        self._log_started()
+
+    def _log_started(self) -> None:
         runtime = self.holder.current
         log.info(
             "edgenode started: listening on {listen}, admin on {admin}, {n} domains ({names}), "
@@ -210,6 +280,10 @@ class EdgeService(service.Service):
         self.reactor.callFromThread(self._stop, signal.Signals(signum).name)
 
     def _stop(self, why: str) -> None:
+        # Once: Ctrl-C signals a supervisor's workers too, and then the supervisor does.
+        if self._stopping:
+            return
+        self._stopping = True
         log.info("edgenode stopping on {signal}", signal=why)
         self.reactor.stop()
 
@@ -223,22 +297,11 @@ class EdgeService(service.Service):
         the reactor runs one reload at a time, so concurrent reloads are serialised.
         """
         old = self.holder.current
-        source = self.config.source
         try:
-            if source is None:
-                raise ConfigError([Problem("", "the running config has no file to re-read")])
-            config = load_with_overrides(source, self.overrides)
-            new = build_runtime(config, old.generation + 1, previous=old)
+            config, generation = self._next_config(old)
+            new = build_runtime(config, generation, previous=old)
         except ConfigError as e:
-            log.warn(
-                "reload ({trigger}) rejected, still running generation {gen}:\n{problems}",
-                trigger=trigger,
-                gen=old.generation,
-                problems=str(e),
-            )
-            errors = tuple({"path": p.path, "message": p.message} for p in e.problems)
-            self.monitor.reloaded(False, old.generation)
-            return ReloadResult(False, old.generation, errors=errors)
+            return self._rejected(trigger, old, e)
         changed = config_diff(old.config, config)
         self.holder.swap(new)
         self.monitor.reloaded(True, new.generation)
@@ -263,6 +326,24 @@ class EdgeService(service.Service):
             )
         return ReloadResult(True, new.generation, changed=changed)
 
+    def _next_config(self, old: Runtime) -> tuple[Config, int]:
+        """The config a reload would apply, and its generation; raises `ConfigError`."""
+        source = self.config.source
+        if source is None:
+            raise ConfigError([Problem("", "the running config has no file to re-read")])
+        return load_with_overrides(source, self.overrides), old.generation + 1
+
+    def _rejected(self, trigger: str, old: Runtime, e: ConfigError) -> ReloadResult:
+        log.warn(
+            "reload ({trigger}) rejected, still running generation {gen}:\n{problems}",
+            trigger=trigger,
+            gen=old.generation,
+            problems=str(e),
+        )
+        errors = tuple({"path": p.path, "message": p.message} for p in e.problems)
+        self.monitor.reloaded(False, old.generation)
+        return ReloadResult(False, old.generation, errors=errors)
+
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
         return defer.Deferred.fromCoroutine(self._drain_and_stop())
@@ -279,4 +360,230 @@ class EdgeService(service.Service):
             conn.abort()
         self.pool.stop()
         self.access_log.close()
+        log.info("edgenode stopped")
+
+
+class WorkerService(EdgeService):
+    """One worker under a supervisor (`workers` > 1): the edge on the shared listener.
+
+    It has no admin API (the supervisor's is the only one), reloads to the supervisor's
+    state file when told to on its control channel (or on SIGHUP), and stops when the
+    control channel closes: a worker never outlives its supervisor.
+    """
+
+    process: ClassVar[Process] = "worker"
+
+    def __init__(self, config: Config, reactor: Any, state: WorkerState, state_path: Path) -> None:
+        super().__init__(config, reactor, dict(state.overrides), generation=state.generation)
+        self.state = state
+        self.state_path = state_path
+
+    def privilegedStartService(self) -> None:
+        self._build()
+        self.ports.append(adopt_listener(self.reactor, self.state.family, self.factory))
+        service.Service.privilegedStartService(self)
+
+    def startService(self) -> None:
+        super().startService()
+        self._sampler = task.LoopingCall(self.monitor.sample_pool)
+        self._sampler.clock = self.reactor
+        self._sampler.start(1.0)
+        self.channel = ControlChannel(self._command, self._supervisor_gone)
+        open_control_channel(self.reactor, self.channel)
+        self.channel.send({"event": "ready", "generation": self.holder.current.generation})
+
+    def _log_started(self) -> None:
+        runtime = self.holder.current
+        log.info(
+            "edgenode worker started (pid {pid}): serving {listen}, generation {gen}",
+            pid=os.getpid(),
+            listen=self.config.listen,
+            gen=runtime.generation,
+        )
+
+    def _command(self, message: dict[str, Any]) -> dict[str, Any]:
+        if message.get("cmd") != "reload":
+            problem = {"path": "", "message": f"unknown command {message.get('cmd')!r}"}
+            return {"ok": False, "errors": [problem]}
+        result = self.reload("supervisor")
+        return {"ok": result.ok, "generation": result.generation, "errors": list(result.errors)}
+
+    def _next_config(self, old: Runtime) -> tuple[Config, int]:
+        try:
+            state = read_state(self.state_path)
+        except (OSError, ValueError, KeyError) as e:
+            raise ConfigError([Problem("", f"cannot read the state file: {e}")]) from None
+        return state.config(), state.generation
+
+    def _supervisor_gone(self) -> None:
+        if self.running:
+            self._stop("the supervisor's control channel closing")
+
+    def stopService(self) -> defer.Deferred[None]:
+        sampler = getattr(self, "_sampler", None)
+        if sampler is not None and sampler.running:
+            sampler.stop()
+        return super().stopService()
+
+
+class SupervisorService(EdgeService):
+    """`workers` > 1: binds the client listener, runs the workers on it, has the admin API.
+
+    It serves no client itself. Its config is the truth: a reload is validated here
+    (parsed, CA files read, TLS contexts built) before any worker hears of it, and then
+    every worker must confirm it (edgenode.workers). SIGHUP reloads the same way,
+    SIGUSR1 is forwarded to every worker (each reopens its access log), SIGTERM stops
+    every worker gracefully, then this process exits 0.
+    """
+
+    process: ClassVar[Process] = "supervisor"
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        overrides: dict[str, str],
+        *,
+        text: str,
+        reactor_name: str | None = None,
+    ) -> None:
+        super().__init__(config, reactor, overrides)
+        self.text = text
+        self.reactor_name = reactor_name
+
+    def privilegedStartService(self) -> None:
+        config = self.config
+        address = tcp_listen(config.listen)
+        assert address is not None  # apply_overrides refused any other endpoint
+        self.holder = RuntimeHolder(build_runtime(config, generation=1))
+        self.monitor = Monitor(self.reactor, process="supervisor")
+        self.monitor.started(1)
+        try:
+            self.listeners = bind_listeners(address, config.workers)
+        except OSError as e:
+            print(f"edgenode: not starting: cannot listen on {config.listen}: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
+        self.family = address.family
+        self._listen(config.admin.listen, self._admin_site(config))
+        service.Service.privilegedStartService(self)
+
+    def _admin_resource(self, token: str) -> AdminResource:
+        return AdminResource(
+            self.holder,
+            token,
+            self.reload,
+            metrics=lambda: self.metrics.render(),
+            workers=lambda: self.workers.describe(self.metrics.requests_of),
+        )
+
+    def _write_state(self, text: str, generation: int) -> None:
+        self.rundir.write_state(
+            WorkerState(
+                generation=generation,
+                text=text,
+                source=str(self.config.source),
+                overrides=self.overrides,
+                family=self.family,
+            )
+        )
+
+    def startService(self) -> None:
+        """Make the run directory and start the workers: after twistd dropped privileges
+        (`-u`/`-g`), so that the workers, which run as that user too, can use both."""
+        service.Service.startService(self)
+        self.rundir = RunDir()
+        self._write_state(self.text, 1)
+        self.metrics = WorkerMetrics(self.monitor.render, self.rundir.metrics)
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.rundir.metrics)}
+        self.workers = WorkerPool(
+            self.reactor,
+            self.config.workers,
+            worker_argv(self.rundir.state, self.reactor_name),
+            env,
+            self.rundir.metrics,
+            listen_fds=[sock.fileno() for sock in self.listeners],
+        )
+        self.workers.start()
+        self.reactor.callWhenRunning(self._install_signal_handlers)
+        log.info(
+            "edgenode supervisor started: {n} workers on {listen}, admin on {admin}, "
+            "generation 1, run directory {rundir}",
+            n=self.config.workers,
+            listen=self.config.listen,
+            admin=self.config.admin.listen,
+            rundir=str(self.rundir.path),
+        )
+
+    def _reload_requested(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self._reload_logged, "SIGHUP")
+
+    def _reload_logged(self, trigger: str) -> None:
+        self.reload(trigger).addErrback(lambda f: log.failure("reload failed", f))
+
+    def reload(self, trigger: str) -> defer.Deferred[ReloadResult]:  # type: ignore[override]
+        return defer.Deferred.fromCoroutine(self._reload(trigger))
+
+    async def _reload(self, trigger: str) -> ReloadResult:
+        """Validate and build here first (a bad config touches no worker), then have every
+        worker apply it; any worker that rejects it or does not answer makes it a failure."""
+        old = self.holder.current
+        source = self.config.source
+        try:
+            if source is None:
+                raise ConfigError([Problem("", "the running config has no file to re-read")])
+            config, text = load_config_and_text(source)
+            config = apply_overrides(config, self.overrides)
+            new = build_runtime(config, old.generation + 1, previous=old)
+        except ConfigError as e:
+            return self._rejected(trigger, old, e)
+        changed = config_diff(old.config, config)
+        self._write_state(text, new.generation)
+        self.holder.swap(new)
+        self.monitor.reloaded(True, new.generation)
+        log.info(
+            "reload ({trigger}): generation {gen}: {diff}; telling {n} workers",
+            trigger=trigger,
+            gen=new.generation,
+            diff=json.dumps(changed, sort_keys=True),
+            n=len(self.workers.running()),
+        )
+        for line in changed["restart_required"]:  # type: ignore[union-attr]
+            log.warn("reload: {change} needs a restart; not applied", change=line)
+        reports = await self.workers.reload(new.generation, RELOAD_TIMEOUT)
+        failed = [r for r in reports if not r["ok"]]
+        for report in failed:
+            log.warn(
+                "reload ({trigger}): worker {worker} (pid {pid}) {error}",
+                trigger=trigger,
+                worker=report["worker"],
+                pid=report["pid"],
+                error=report["error"],
+            )
+        errors = tuple(
+            {"path": f"workers[{r['worker']}]", "message": f"pid {r['pid']}: {r['error']}"}
+            for r in failed
+        )
+        return ReloadResult(
+            not failed, new.generation, changed=changed, errors=errors, workers=tuple(reports)
+        )
+
+    def _reopen_access_log(self) -> None:
+        n = self.workers.signal_all(signal.SIGUSR1)
+        log.info("SIGUSR1 forwarded to {n} workers (each reopens the access log)", n=n)
+
+    def stopService(self) -> defer.Deferred[None]:
+        service.Service.stopService(self)
+        return defer.Deferred.fromCoroutine(self._stop_workers())
+
+    async def _stop_workers(self) -> None:
+        """SIGTERM every worker, and close our copies of the client sockets: they close
+        for good as each worker stops listening, so new connections are refused, not
+        left waiting for a worker that will never come."""
+        stopped = self.workers.stop(SHUTDOWN_GRACE + 5.0)
+        for sock in set(self.listeners):
+            sock.close()
+        for port in self.ports:
+            await port.stopListening()
+        await stopped
+        self.rundir.remove()
         log.info("edgenode stopped")

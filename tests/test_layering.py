@@ -27,6 +27,7 @@ ORDER = [
     "probe",
     "demo",
     "cli",
+    "workers",
     "service",
 ]
 
