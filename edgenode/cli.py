@@ -136,6 +136,14 @@ def run_reload(args: argparse.Namespace) -> int:
         for problem in body.get("errors", []):
             print(f"  {problem['path']}: {problem['message']}")
         return EXIT_FAILED
+    if status == 500 and "errors" in body:
+        # Applied by the supervisor, but not confirmed by every worker (those are replaced).
+        print(f"{PROG}: reload to generation {body.get('generation')} not applied everywhere:")
+        for problem in body.get("errors", []):
+            print(f"  {problem.get('path')}: {problem.get('message')}")
+        for line in describe_changes(body):
+            print(f"  {line}")
+        return EXIT_FAILED
     print(f"{PROG}: admin API answered {status}: {body}", file=sys.stderr)
     return EXIT_USAGE
 
