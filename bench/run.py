@@ -298,7 +298,7 @@ def core_busy_ticks(cpu: int) -> tuple[int, int]:
 
 NGINX_MAIN = """daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {workers};
 {user}
 pid {dir}/{name}.pid;
 error_log {dir}/{name}-error.log warn;
@@ -395,12 +395,14 @@ EDGE_HTTP = """
 """
 
 
-def nginx_conf(tmp: Path, name: str, http_block: str) -> Path:
+def nginx_conf(tmp: Path, name: str, http_block: str, workers: int = 1) -> Path:
     (tmp / f"{name}-tmp").mkdir(exist_ok=True)
     path = tmp / f"{name}.conf"
     # As root the workers would run as `nobody`, who cannot enter the 0700 temp dir.
     user = "user root;" if os.geteuid() == 0 else ""
-    path.write_text(NGINX_MAIN.format(user=user, dir=tmp, name=name, http=http_block))
+    path.write_text(
+        NGINX_MAIN.format(user=user, dir=tmp, name=name, http=http_block, workers=workers)
+    )
     return path
 
 
@@ -440,6 +442,9 @@ class Bench:
         self.spreads: list[str] = []  # per cell, with --repeat
 
     def taskset(self, cpu: int) -> list[str]:
+        if cpu == self.edge_cpu and self.args.workers > 1:
+            # Several edge processes: each edge may use every core (shared with the load).
+            return ["taskset", "-c", ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))]
         return ["taskset", "-c", str(cpu)]
 
     # -- setup --
@@ -460,7 +465,8 @@ class Bench:
         """nginx from a config made by `http_block(port)`, on a free port (3 tries)."""
         for attempt in range(3):
             port = free_port()
-            conf = nginx_conf(self.tmp, name, http_block(port))
+            workers = self.args.workers if name == "nginx-edge" else 1
+            conf = nginx_conf(self.tmp, name, http_block(port), workers)
             error_log = self.tmp / f"{name}-error.log"
             output = self.tmp / f"{name}.out"
             error_log.unlink(missing_ok=True)
@@ -559,6 +565,7 @@ class Bench:
                 "access_log": str(access_log),
                 "tls": {"ca_file": str(self.ca_file)},
                 "domains": {HOST_A: domain, HOST_B: domain},
+                "workers": self.args.workers,
             }
             config_path = self.tmp / "edgenode.yaml"
             config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -1109,6 +1116,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "the median CPU µs/req and the notes the spread (default 1)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="edge processes: nginx worker_processes and edgenode `workers` (default 1)",
+    )
     parser.add_argument(
         "--origin-closes",
         action="store_true",
