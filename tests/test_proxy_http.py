@@ -516,3 +516,27 @@ def test_smuggling_shapes_get_400_and_never_reach_the_origin(
     assert data.startswith(b"HTTP/1.1 400"), data
     assert b"bad_request" in data
     assert origin.requests == []
+
+
+def test_plain_http_origin(edge_factory, pki, servers) -> None:
+    """origin_protocol http: no TLS, no SNI, port and Host as configured, the body relayed."""
+    plain = servers.tls_origin(tls=False)
+    edge = edge_factory(
+        {
+            "domains": {
+                "plain.test": {
+                    "origin_protocol": "http",
+                    "origin_host": "backend.test",
+                    "origins": [{"address": "127.0.0.1", "port": plain.port}],
+                }
+            }
+        },
+        wait_admin=False,
+    )
+    r = edge.request("GET", "/hello", host="plain.test")
+    assert r.status == 200
+    body = r.json()
+    assert (body["host"], body["sni"], body["path"]) == ("backend.test", None, "/hello")
+    (rec,) = edge.access_records(1)
+    assert (rec["sni"], rec["verify_name"], rec["tls_version"]) == (None, None, None)
+    assert rec["origin"] == f"127.0.0.1:{plain.port}"
