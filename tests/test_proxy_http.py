@@ -540,3 +540,23 @@ def test_plain_http_origin(edge_factory, pki, servers) -> None:
     (rec,) = edge.access_records(1)
     assert (rec["sni"], rec["verify_name"], rec["tls_version"]) == (None, None, None)
     assert rec["origin"] == f"127.0.0.1:{plain.port}"
+
+
+def test_origin_address_can_be_a_dns_name(edge_factory, pki, origin) -> None:
+    """An origin given by name (localhost) is resolved and reached; SNI stays the configured one."""
+    edge = edge_factory(
+        {
+            "tls": {"ca_file": str(pki.ca_file)},
+            "domains": {
+                "a.test": {
+                    "origin_sni": {"enabled": True},
+                    "origins": [{"address": "localhost", "port": origin.port}],
+                }
+            },
+        },
+        wait_admin=False,
+    )
+    body = edge.request("GET", "/", host="a.test").json()
+    assert (body["vhost"], body["sni"]) == ("a.test", "a.test")
+    (rec,) = edge.access_records(1)
+    assert rec["origin"] == f"localhost:{origin.port}"
