@@ -118,22 +118,14 @@ def effective_domain(domain: Domain) -> dict[str, object]:
 def effective_config(runtime: Runtime) -> dict[str, object]:
     """The running config as the admin API shows it; the admin token is never included."""
     config = runtime.config
-    return {
+    view: dict[str, object] = {
         "generation": runtime.generation,
         "source": str(config.source) if config.source else None,
-        "listen": config.listen,
-        "workers": config.workers,
-        "admin": {"listen": config.admin.listen, "token_file": str(config.admin.token_file)},
-        "access_log": None if config.access_log is None else str(config.access_log),
-        "tls": {
-            "ca_file": str(config.tls.ca_file) if config.tls.ca_file else None,
-            "min_version": config.tls.min_version,
-            "trust_id": runtime.profile.trust_id,
-        },
-        "timeouts": attrs.asdict(config.timeouts),
-        "limits": attrs.asdict(config.limits),
+        **_settings(config),
         "domains": {name: effective_domain(d) for name, d in sorted(config.domains.items())},
     }
+    view["tls"]["trust_id"] = runtime.profile.trust_id  # type: ignore[index]
+    return view
 
 
 # Settings a running process cannot change: the sockets it listens on, its processes.
