@@ -102,6 +102,8 @@ class AccessRecord:
             "origin_cert": self.origin_cert,
         }
         return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
+
+
 _ts_cache: list[object] = [-1, ""]
 
 

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from edgenode.config import Limits
 from edgenode.errors import ErrorCode
-from edgenode.headers import Headers, serialize
+from edgenode.headers import Headers, RequestScan, message_head, scan_request
 from edgenode.hostnames import normalize_request_host
 
 FLUSH_BEFORE_CLOSE = 10.0  # seconds a client gets to take a cut-short response
@@ -43,6 +43,21 @@ REASONS = {
 }
 
 
+# The status lines origins send most, built once.
+_STATUS_LINES = {
+    (status, reason): b"HTTP/1.1 %d %s" % (status, reason)
+    for status, reason in [
+        (200, b"OK"),
+        (204, b"No Content"),
+        (206, b"Partial Content"),
+        (301, b"Moved Permanently"),
+        (302, b"Found"),
+        (304, b"Not Modified"),
+        (404, b"Not Found"),
+    ]
+}
+
+
 @attrs.define(slots=True)
 class RequestHead:
     """A parsed client request head, validated; `host` is normalised, `path` is origin-form."""
@@ -52,6 +67,7 @@ class RequestHead:
     path: bytes
     version: bytes
     headers: Headers
+    scan: RequestScan  # the headers as the proxy forwards them (headers.py)
     keep_alive: bool
     content_length: int | None
     chunked: bool
@@ -112,6 +128,7 @@ class ClientStream:
         "_req",
         "chunked",
         "client_ip",
+        "client_ip_bytes",
         "closing",
         "finished",
         "framed",
@@ -122,6 +139,7 @@ class ClientStream:
         self._conn = conn
         self._req = req
         self.client_ip = conn.client_ip
+        self.client_ip_bytes = conn.client_ip_bytes
         self.started = False
         self.finished = False
         self.chunked = False
@@ -137,31 +155,34 @@ class ClientStream:
         )
 
     def start_response(
-        self, status: int, reason: bytes, headers: Headers, length: int | None, *, no_body: bool
+        self, status: int, reason: bytes, lines: list[bytes], length: int | None, *, no_body: bool
     ) -> None:
-        """Send the response head with our framing: Content-Length, chunked, or close."""
+        """Send the response head (`Name: value` lines) with our framing: Content-Length,
+        chunked, or close-delimited. `lines` is extended in place."""
         self.started = True
         head = self._req.head
-        extra: Headers = []
         if no_body:
             if length is not None and status != 204:
-                extra.append((b"Content-Length", b"%d" % length))
+                lines.append(b"Content-Length: %d" % length)
         elif length is not None:
             self.framed = True
-            extra.append((b"Content-Length", b"%d" % length))
+            lines.append(b"Content-Length: %d" % length)
         elif head.version == b"1.1":
             self.chunked = self.framed = True
-            extra.append((b"Transfer-Encoding", b"chunked"))
+            lines.append(b"Transfer-Encoding: chunked")
         else:
             self.closing = True  # HTTP/1.0 client: the close ends the body
         if self._conn.closing_after_response or self._conn.draining:
             self.closing = True
         if self.closing:
-            extra.append((b"Connection", b"close"))
+            lines.append(b"Connection: close")
         elif head.version != b"1.1":
-            extra.append((b"Connection", b"keep-alive"))
-        start = b"HTTP/1.1 %d %s" % (status, reason or REASONS.get(status, b"Unknown"))
-        self._conn.transport.write(serialize(start, headers + extra))
+            lines.append(b"Connection: keep-alive")
+        start = _STATUS_LINES.get((status, reason)) or b"HTTP/1.1 %d %s" % (
+            status,
+            reason or REASONS.get(status, b"Unknown"),
+        )
+        self._conn.transport.write(message_head(start, lines))
 
     def send_body(self, data: bytes) -> None:
         if not data:
@@ -198,13 +219,13 @@ class ClientStream:
         body = f"{code.status} {code.value}\nrequest id: {request_id}\n".encode()
         if code.status >= 400 and code is not ErrorCode.UNKNOWN_DOMAIN and code.status < 500:
             self.closing = True  # the request itself was bad: do not trust the rest of the stream
-        headers: Headers = [
-            (b"Content-Type", b"text/plain; charset=utf-8"),
-            (b"X-Edge-Request-Id", request_id.encode()),
-            (b"X-Edge-Error", code.value.encode()),
+        lines = [
+            b"Content-Type: text/plain; charset=utf-8",
+            b"X-Edge-Request-Id: " + request_id.encode(),
+            b"X-Edge-Error: " + code.value.encode(),
         ]
         self.start_response(
-            code.status, REASONS.get(code.status, b""), headers, len(body), no_body=False
+            code.status, REASONS.get(code.status, b""), lines, len(body), no_body=False
         )
         if self._req.head.method != b"HEAD":
             self.send_body(body)
@@ -234,6 +255,7 @@ class DownstreamProtocol(TwistedProtocol):
         self.clock = factory.clock
         self.handler = factory.handler
         self.client_ip = ""
+        self.client_ip_bytes = b""
         self.lost = False
         self.draining = False
         self.closing_after_response = False
@@ -254,6 +276,7 @@ class DownstreamProtocol(TwistedProtocol):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", "") or ""
+        self.client_ip_bytes = self.client_ip.encode("ascii")
         handle = self.transport.getHandle()
         if isinstance(handle, socket.socket) and handle.family in (socket.AF_INET, socket.AF_INET6):
             handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -402,9 +425,6 @@ class DownstreamProtocol(TwistedProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        size = len(self._url) + sum(len(n) + len(v) + 4 for n, v in self._headers)
-        if size > self.limits.max_header_bytes:
-            raise BadRequest(ErrorCode.REQUEST_HEADER_TOO_LARGE, f"request head is {size} bytes")
         head = self._build_head()
         req = _Request(head)
         self._parsing = req
@@ -454,45 +474,22 @@ class DownstreamProtocol(TwistedProtocol):
         if method == b"CONNECT":
             raise BadRequest(ErrorCode.BAD_REQUEST, "CONNECT is not supported by this edge")
         target = self._url
-        content_length: int | None = None
-        chunked = False
-        expect = False
-        hosts: list[bytes] = []
-        for name, value in self._headers:
-            lower = name.lower()
-            if lower == b"host":
-                hosts.append(value)
-            elif lower == b"content-length":
-                content_length = int(value)
-            elif lower == b"transfer-encoding":
-                # Only plain "chunked" is forwarded: any other coding is a smuggling shape
-                # or something no origin behind a CDN should have to guess about.
-                if chunked or value.strip().lower() != b"chunked":
-                    raise BadRequest(ErrorCode.BAD_REQUEST, "unsupported Transfer-Encoding")
-                chunked = True
-            elif lower == b"expect":
-                if value.lower() != b"100-continue":
-                    raise BadRequest(ErrorCode.BAD_REQUEST, "unsupported Expect")
-                expect = True
-        if len(hosts) > 1:
+        scan = scan_request(self._headers)
+        size = len(target) + scan.size
+        if size > self.limits.max_header_bytes:
+            raise BadRequest(ErrorCode.REQUEST_HEADER_TOO_LARGE, f"request head is {size} bytes")
+        content_length = None if scan.content_length is None else int(scan.content_length)
+        chunked = _is_chunked(scan.transfer_encodings)
+        expect = _expects_continue(scan.expect)
+        if len(scan.hosts) > 1:
             raise BadRequest(ErrorCode.BAD_REQUEST, "more than one Host header")
         path = target
-        authority: bytes | None = hosts[0] if hosts else None
+        authority: bytes | None = scan.hosts[0] if scan.hosts else None
         if target[:1] != b"/":
-            if target == b"*" and method == b"OPTIONS":
-                path = target
-            else:
-                try:
-                    url = httptools.parse_url(target)
-                except httptools.HttpParserInvalidURLError as e:
-                    raise BadRequest(ErrorCode.BAD_REQUEST, "invalid request target") from e
-                if url.schema not in (b"http", b"https") or not url.host:
-                    raise BadRequest(ErrorCode.BAD_REQUEST, "invalid request target")
-                authority = url.host + (b":%d" % url.port if url.port else b"")
-                path = (url.path or b"/") + (b"?" + url.query if url.query else b"")
+            authority, path = _absolute_target(method, target, authority)
         host: str | None = None
         if authority is not None:
-            host = normalize_request_host(authority)
+            host = _request_host(authority)
             if host is None:
                 raise BadRequest(ErrorCode.BAD_REQUEST, "invalid Host")
         limit = self.limits.max_body_bytes
@@ -500,15 +497,18 @@ class DownstreamProtocol(TwistedProtocol):
             raise BadRequest(
                 ErrorCode.REQUEST_TOO_LARGE, f"Content-Length {content_length} above {limit}"
             )
-        version = parser.get_http_version().encode()
-        if version not in (b"1.0", b"1.1"):
-            raise BadRequest(ErrorCode.BAD_REQUEST, f"HTTP/{version.decode()} is not served")
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            raise BadRequest(
+                ErrorCode.BAD_REQUEST, f"HTTP/{parser.get_http_version()} is not served"
+            )
         return RequestHead(
             method=method,
             target=target,
             path=path,
             version=version,
             headers=self._headers,
+            scan=scan,
             keep_alive=parser.should_keep_alive() and not self.draining,
             content_length=content_length,
             chunked=chunked,
@@ -595,6 +595,7 @@ class DownstreamProtocol(TwistedProtocol):
             path=self._url,
             version=b"1.1",
             headers=self._headers,
+            scan=RequestScan(),
             keep_alive=False,
             content_length=None,
             chunked=False,
@@ -620,6 +621,55 @@ class DownstreamProtocol(TwistedProtocol):
         self.draining = True
         if self.current is None and self.transport is not None:
             self.transport.loseConnection()
+
+
+_VERSIONS = {"1.0": b"1.0", "1.1": b"1.1"}
+_HOSTS_REMEMBERED = 4096
+_hosts: dict[bytes, str | None] = {}
+
+
+def _request_host(authority: bytes) -> str | None:
+    """normalize_request_host, remembered per spelling: clients name the same hosts."""
+    try:
+        return _hosts[authority]
+    except KeyError:
+        host = normalize_request_host(authority)
+        if len(_hosts) < _HOSTS_REMEMBERED:  # a client inventing hosts cannot grow this
+            _hosts[authority] = host
+        return host
+
+
+def _is_chunked(codings: list[bytes]) -> bool:
+    """Only one plain "chunked" is forwarded: any other coding is a smuggling shape or
+    something no origin behind a CDN should have to guess about."""
+    if not codings:
+        return False
+    if len(codings) > 1 or codings[0].strip().lower() != b"chunked":
+        raise BadRequest(ErrorCode.BAD_REQUEST, "unsupported Transfer-Encoding")
+    return True
+
+
+def _expects_continue(values: list[bytes]) -> bool:
+    for value in values:
+        if value.lower() != b"100-continue":
+            raise BadRequest(ErrorCode.BAD_REQUEST, "unsupported Expect")
+    return bool(values)
+
+
+def _absolute_target(
+    method: bytes, target: bytes, authority: bytes | None
+) -> tuple[bytes | None, bytes]:
+    """(authority, origin-form path) of a request target that does not start with "/"."""
+    if target == b"*" and method == b"OPTIONS":
+        return authority, target
+    try:
+        url = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError as e:
+        raise BadRequest(ErrorCode.BAD_REQUEST, "invalid request target") from e
+    if url.schema not in (b"http", b"https") or not url.host:
+        raise BadRequest(ErrorCode.BAD_REQUEST, "invalid request target")
+    authority = url.host + (b":%d" % url.port if url.port else b"")
+    return authority, (url.path or b"/") + (b"?" + url.query if url.query else b"")
 
 
 class DownstreamFactory(Factory):

@@ -1,12 +1,29 @@
-"""Hop-by-hop and forwarding-header policy on raw header lists (RFC 9110 §7.6).
+"""Hop-by-hop and forwarding-header policy, one pass over raw header lists (RFC 9110 §7.6).
 
-Header lists are `list[tuple[bytes, bytes]]` in the order received, names in the
-case received: repeated headers (Set-Cookie, Cookie) survive untouched.
+Header lists are `list[tuple[bytes, bytes]]` in the order received, names in the case
+received: repeated headers (Set-Cookie, Cookie) survive untouched. What goes on the wire
+is built as `Name: value` lines joined once, never as per-header objects kept around.
+
+This runs for every request and response, so each header costs one dict lookup of its
+name as received (`_Actions`), one comparison and, when it is relayed, one concatenation.
 """
 
 from __future__ import annotations
 
+import attrs
+
 Headers = list[tuple[bytes, bytes]]
+
+# What the edge does with a header, by direction (the lookup tables below).
+KEEP = 0  # relayed as is
+DROP = 1  # hop-by-hop, or a header the edge writes itself
+HOST = 2
+CONTENT_LENGTH = 3
+TRANSFER_ENCODING = 4
+EXPECT = 5
+CONNECTION = 6  # hop-by-hop, and names more hop-by-hop headers
+FORWARDED_FOR = 7  # X-Forwarded-For: merged, the client address appended
+VIA = 8  # merged, `1.1 edgenode` appended
 
 # RFC 9110 §7.6.1 plus the de-facto ones every proxy strips.
 HOP_BY_HOP = frozenset(
@@ -20,98 +37,177 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-# Framing and routing the edge always writes itself.
-_REQUEST_OWNED = HOP_BY_HOP | {
-    b"host",
-    b"content-length",
-    b"expect",
-    b"x-forwarded-proto",
-    b"x-forwarded-host",
+_COMMON = {
+    **dict.fromkeys(HOP_BY_HOP, DROP),
+    b"connection": CONNECTION,
+    b"transfer-encoding": TRANSFER_ENCODING,
+    b"content-length": CONTENT_LENGTH,
+    b"x-forwarded-for": FORWARDED_FOR,
+    b"via": VIA,
 }
-_RESPONSE_OWNED = HOP_BY_HOP | {b"content-length", b"x-edge-request-id"}
+# Requests: Host, framing, Expect and the forwarding headers are the edge's to write.
+_REQUEST = {
+    **_COMMON,
+    b"host": HOST,
+    b"expect": EXPECT,
+    b"x-forwarded-proto": DROP,
+    b"x-forwarded-host": DROP,
+}
+# Responses: framing and the request id are the edge's to write.
+_RESPONSE = {**_COMMON, b"x-edge-request-id": DROP}
 
-VIA = b"1.1 edgenode"
+VIA_VALUE = b"1.1 edgenode"
+_CACHE_LIMIT = 4096  # distinct spellings remembered; beyond it names are lower-cased each time
 
 
-def connection_tokens(headers: Headers) -> frozenset[bytes]:
-    """The header names listed in Connection (hop-by-hop by declaration), lower case."""
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
-    tokens.discard(b"")
-    return frozenset(tokens)
+class _Actions:
+    """Name as received -> action, remembering each spelling so that `lower()` runs once."""
+
+    __slots__ = ("_by_lower", "seen")
+
+    def __init__(self, by_lower: dict[bytes, int]) -> None:
+        self._by_lower = by_lower
+        self.seen: dict[bytes, int] = {}
+
+    def slow(self, name: bytes) -> int:
+        action = self._by_lower.get(name.lower(), KEEP)
+        if len(self.seen) < _CACHE_LIMIT:  # a client inventing names cannot grow this
+            self.seen[name] = action
+        return action
 
 
-def _drop(headers: Headers, owned: frozenset[bytes]) -> tuple[Headers, bytes | None, bytes | None]:
-    """Headers minus `owned` and the Connection-listed ones; also the XFF and Via values seen.
+REQUEST_ACTIONS = _Actions(_REQUEST)
+RESPONSE_ACTIONS = _Actions(_RESPONSE)
 
-    One pass on the hot path; the names a Connection header lists are removed after it,
-    since the Connection header may come after the headers it names.
-    """
-    kept: Headers = []
-    xff: bytes | None = None
+
+@attrs.define(slots=True)
+class RequestScan:
+    """One pass over a client request's headers: what the edge needs, and what it forwards."""
+
+    size: int = 0  # bytes of the header block as counted for max_header_bytes
+    hosts: list[bytes] = attrs.Factory(list)
+    content_length: bytes | None = None  # the last value seen (llhttp rejects conflicts)
+    transfer_encodings: list[bytes] = attrs.Factory(list)
+    expect: list[bytes] = attrs.Factory(list)
+    forward: list[bytes] = attrs.Factory(list)  # `Name: value` lines relayed as they came
+    forwarded_for: bytes | None = None
     via: bytes | None = None
-    listed: set[bytes] | None = None
+    listed: set[bytes] | None = None  # names Connection declares hop-by-hop, lower case
+
+
+def scan_request(headers: Headers) -> RequestScan:
+    scan = RequestScan()
+    seen = REQUEST_ACTIONS.seen
+    forward = scan.forward
+    size = 0
     for name, value in headers:
-        lower = name.lower()
-        if lower in owned:
-            if lower == b"connection":
-                listed = listed or set()
-                listed.update(t.strip().lower() for t in value.split(b","))
-            continue
-        if lower == b"x-forwarded-for":
-            xff = value if xff is None else xff + b", " + value
-        elif lower == b"via":
-            via = value if via is None else via + b", " + value
-        else:
-            kept.append((name, value))
-    if listed:
-        kept = [(n, v) for n, v in kept if n.lower() not in listed]
-    return kept, xff, via
+        size += len(name) + len(value) + 4
+        action = seen.get(name)
+        if action is None:
+            action = REQUEST_ACTIONS.slow(name)
+        if action == KEEP:
+            forward.append(name + b": " + value)
+        elif action == HOST:
+            scan.hosts.append(value)
+        elif action == CONTENT_LENGTH:
+            scan.content_length = value
+        elif action == TRANSFER_ENCODING:
+            scan.transfer_encodings.append(value)
+        elif action == EXPECT:
+            scan.expect.append(value)
+        elif action == FORWARDED_FOR:
+            xff = scan.forwarded_for
+            scan.forwarded_for = value if xff is None else xff + b", " + value
+        elif action == VIA:
+            scan.via = value if scan.via is None else scan.via + b", " + value
+        elif action == CONNECTION:
+            scan.listed = _listed(scan.listed, value)
+    scan.size = size
+    if scan.listed:
+        scan.forward = _without_listed(headers, REQUEST_ACTIONS, scan.listed)
+    return scan
 
 
-def origin_request_headers(
-    headers: Headers,
+def origin_request_head(
+    start_line: bytes,
+    scan: RequestScan,
     *,
     client_ip: bytes,
     origin_host: bytes,
     forwarded_host: bytes,
-    body_framing: tuple[bytes, bytes] | None,
-) -> Headers:
-    """The headers sent back-to-origin for a client request.
+    body_framing: bytes | None,
+) -> bytes:
+    """The request head sent back-to-origin, in one bytes object.
 
     - hop-by-hop headers and every name listed in Connection are dropped;
-    - X-Forwarded-For gets the client address appended (a client's value is kept,
-      never trusted for our own log);
-    - X-Forwarded-Proto / X-Forwarded-Host are set by us, Via gets `1.1 edgenode`;
-    - Host is the domain's origin_host; framing (Content-Length or chunked) is ours;
-      Expect is answered by the edge, never forwarded.
+    - Host is the domain's origin_host, sent first; body framing (`Content-Length: n` or
+      `Transfer-Encoding: chunked`) is the edge's; Expect is answered by the edge;
+    - X-Forwarded-For gets the client address appended (a client's value is kept, never
+      trusted for our own log); X-Forwarded-Proto/-Host are set by the edge; Via gets
+      `1.1 edgenode`.
     """
-    kept, xff, via = _drop(headers, _REQUEST_OWNED)
-    kept.insert(0, (b"Host", origin_host))
+    xff = scan.forwarded_for
+    via = scan.via
+    lines = [start_line, b"Host: " + origin_host, *scan.forward]
     if body_framing is not None:
-        kept.append(body_framing)
-    kept.append((b"X-Forwarded-For", client_ip if xff is None else xff + b", " + client_ip))
-    kept.append((b"X-Forwarded-Proto", b"http"))
-    kept.append((b"X-Forwarded-Host", forwarded_host))
-    kept.append((b"Via", VIA if via is None else via + b", " + VIA))
-    return kept
+        lines.append(body_framing)
+    lines.append(b"X-Forwarded-For: " + (client_ip if xff is None else xff + b", " + client_ip))
+    lines.append(b"X-Forwarded-Proto: http")
+    lines.append(b"X-Forwarded-Host: " + forwarded_host)
+    lines.append(b"Via: " + (VIA_VALUE if via is None else via + b", " + VIA_VALUE))
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
 
 
-def client_response_headers(headers: Headers) -> Headers:
+def client_response_lines(headers: Headers) -> list[bytes]:
     """The origin's response headers as relayed to the client: hop-by-hop gone, Via added."""
-    kept, xff, via = _drop(headers, _RESPONSE_OWNED)
-    if xff is not None:
-        kept.append((b"X-Forwarded-For", xff))
-    kept.append((b"Via", VIA if via is None else via + b", " + VIA))
-    return kept
-
-
-def serialize(start_line: bytes, headers: Headers) -> bytes:
-    """A message head: start line, headers, blank line, in one bytes object."""
-    parts = [start_line]
+    seen = RESPONSE_ACTIONS.seen
+    lines: list[bytes] = []
+    xff: bytes | None = None
+    via: bytes | None = None
+    listed: set[bytes] | None = None
     for name, value in headers:
-        parts.append(name + b": " + value)
-    parts.append(b"\r\n")
-    return b"\r\n".join(parts)
+        action = seen.get(name)
+        if action is None:
+            action = RESPONSE_ACTIONS.slow(name)
+        if action == KEEP:
+            lines.append(name + b": " + value)
+        elif action == VIA:
+            via = value if via is None else via + b", " + value
+        elif action == FORWARDED_FOR:
+            xff = value if xff is None else xff + b", " + value
+        elif action == CONNECTION:
+            listed = _listed(listed, value)
+    if listed:
+        lines = _without_listed(headers, RESPONSE_ACTIONS, listed)
+    if xff is not None:
+        lines.append(b"X-Forwarded-For: " + xff)
+    lines.append(b"Via: " + (VIA_VALUE if via is None else via + b", " + VIA_VALUE))
+    return lines
+
+
+def message_head(start_line: bytes, lines: list[bytes]) -> bytes:
+    """Start line, `Name: value` lines and the blank line, in one bytes object."""
+    return b"\r\n".join([start_line, *lines, b"\r\n"])
+
+
+def _listed(listed: set[bytes] | None, value: bytes) -> set[bytes] | None:
+    """Add the names a Connection header lists; `close` and `keep-alive` name no header."""
+    for token in value.split(b","):
+        token = token.strip().lower()
+        if token and token not in (b"close", b"keep-alive"):
+            listed = listed or set()
+            listed.add(token)
+    return listed
+
+
+def _without_listed(headers: Headers, actions: _Actions, listed: set[bytes]) -> list[bytes]:
+    """The relayed lines again, minus the names Connection listed (the rare, slow path).
+
+    Done after the pass because a Connection header may come after the headers it names.
+    """
+    return [
+        name + b": " + value
+        for name, value in headers
+        if actions.slow(name) == KEEP and name.lower() not in listed
+    ]

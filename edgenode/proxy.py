@@ -23,13 +23,14 @@ import os
 from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from edgenode.accesslog import AccessLog, AccessRecord
 from edgenode.downstream import ClientStream, RequestHead
 from edgenode.errors import ErrorCode, OriginError
-from edgenode.headers import client_response_headers, origin_request_headers, serialize
+from edgenode.headers import client_response_lines, origin_request_head
 from edgenode.monitor import Monitor
 from edgenode.runtime import DomainRuntime, RuntimeHolder
 from edgenode.upstream import OriginPool, OriginRoute, StaleConnection, UpstreamConnection
@@ -37,6 +38,10 @@ from edgenode.upstream import OriginPool, OriginRoute, StaleConnection, Upstream
 log = Logger()
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+# How often exchanges in flight are checked against their deadlines: a timeout fires
+# within this much of its limit. One check for all of them, instead of a DelayedCall per
+# request armed and cancelled several times, is most of what a timer costs per request.
+DEADLINE_TICK = 0.1
 REPLAY_BYTES = 65536
 CLIENT_CLOSED = 499  # nginx's status for "the client went away first"
 
@@ -59,7 +64,28 @@ class Proxy:
         self.monitor = monitor or Monitor(clock)
         self._id_prefix = os.urandom(4).hex()
         self._counter = 0
-        self.in_flight = 0
+        self.exchanges: set[Exchange] = set()  # in flight
+        self._ticker = LoopingCall(self._check_deadlines)
+        self._ticker.clock = clock
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.exchanges)
+
+    def began(self, exchange: Exchange) -> None:
+        self.exchanges.add(exchange)
+        if not self._ticker.running:
+            self._ticker.start(DEADLINE_TICK, now=False)
+
+    def ended(self, exchange: Exchange) -> None:
+        self.exchanges.discard(exchange)
+        if not self.exchanges and self._ticker.running:
+            self._ticker.stop()  # nothing in flight: nothing scheduled
+
+    def _check_deadlines(self) -> None:
+        now = self.clock.seconds()
+        for exchange in [e for e in self.exchanges if e.overdue(now)]:
+            exchange.timed_out()
 
     def next_request_id(self) -> str:
         self._counter += 1
@@ -77,6 +103,24 @@ class Proxy:
 class Exchange:
     """One request through the edge, from its head to its access-log line."""
 
+    # Defaults every exchange starts with, as class attributes: an exchange sets only
+    # what differs, which is most of the cost of making one per request.
+    done = False
+    conn: UpstreamConnection | None = None
+    route: OriginRoute
+    _cancel_acquire: Any = None
+    _timer_limit: float | None = None
+    _last_progress = 0.0
+    _body_pending: list[bytes] | tuple[()] = ()  # body not yet sent: no origin connection yet
+    _replay: list[bytes] | tuple[()] | None = ()  # body kept to retry elsewhere; None = too big
+    _replay_size = 0
+    _body_sent = False
+    _stale_retried = False
+    _response_started = False
+    _no_body = False
+    _paused_upload = False
+    _last_error: OriginError | None = None
+
     def __init__(
         self, proxy: Proxy, head: RequestHead, stream: ClientStream, *, route: bool = True
     ) -> None:
@@ -84,34 +128,23 @@ class Exchange:
         self.head = head
         self.stream = stream
         self.runtime = runtime = proxy.holder.current
-        self.clock = proxy.clock
-        self.t0 = self.clock.seconds()
-        self.request_id = proxy.next_request_id()
+        self.clock = clock = proxy.clock
+        self.t0 = t0 = clock.seconds()
+        self.request_id = request_id = proxy.next_request_id()
         self.record = AccessRecord(
-            request_id=self.request_id,
-            client=stream.client_ip,
-            method=head.method.decode("latin-1"),
-            host=head.host,
-            path=head.path.decode("latin-1"),
-            started=self.t0,
-            generation=runtime.generation,
+            request_id,
+            stream.client_ip,
+            head.method.decode("latin-1"),
+            head.host,
+            head.path.decode("latin-1"),
+            t0,
+            runtime.generation,
         )
-        self.done = False
-        self.conn: UpstreamConnection | None = None
-        self._cancel_acquire: Any = None
-        self._timer: Any = None
-        self._last_progress = 0.0
-        self._body_pending: list[bytes] = []  # body not yet sent: no origin connection yet
-        self._replay: list[bytes] | None = []  # body kept to retry elsewhere; None = too big
-        self._replay_size = 0
-        self._body_sent = False
         self._body_ended = not head.has_body
-        self._stale_retried = False
-        self._response_started = False
-        self._no_body = False
-        self._paused_upload = False
-        self._last_error: OriginError | None = None
-        proxy.in_flight += 1
+        if not self._body_ended:
+            self._body_pending = []
+            self._replay = []
+        proxy.began(self)
         if route:
             self._route()
 
@@ -138,19 +171,19 @@ class Exchange:
     def _build_origin_head(self, domain: DomainRuntime) -> bytes:
         head = self.head
         if head.chunked:
-            framing: tuple[bytes, bytes] | None = (b"Transfer-Encoding", b"chunked")
+            framing: bytes | None = b"Transfer-Encoding: chunked"
         elif head.content_length is not None:
-            framing = (b"Content-Length", b"%d" % head.content_length)
+            framing = b"Content-Length: %d" % head.content_length
         else:
             framing = None
-        headers = origin_request_headers(
-            head.headers,
-            client_ip=self.stream.client_ip.encode("ascii"),
+        return origin_request_head(
+            head.method + b" " + head.path + b" HTTP/1.1",
+            head.scan,
+            client_ip=self.stream.client_ip_bytes,
             origin_host=domain.origin_host,
             forwarded_host=head.host_header,
             body_framing=framing,
         )
-        return serialize(head.method + b" " + head.path + b" HTTP/1.1", headers)
 
     def _try_next_origin(self) -> None:
         if not self._plan:
@@ -329,9 +362,9 @@ class Exchange:
         self.record.origin_status = status
         self.record.status = status
         self._no_body = self.head.method == b"HEAD" or status in (204, 304)
-        out = client_response_headers(headers)
-        out.append((b"X-Edge-Request-Id", self.request_id.encode()))
-        self.stream.start_response(status, reason, out, length, no_body=self._no_body)
+        lines = client_response_lines(headers)
+        lines.append(b"X-Edge-Request-Id: " + self.request_id.encode())
+        self.stream.start_response(status, reason, lines, length, no_body=self._no_body)
         if not self._no_body:
             self.stream.register_producer(self)
             self._arm_timer(self.timeouts.body_idle)
@@ -386,39 +419,32 @@ class Exchange:
     # -- timeouts -------------------------------------------------------------------
 
     def _arm_timer(self, seconds: float) -> None:
-        """Fail the attempt after `seconds` without progress (moves the timer only sooner)."""
-        now = self.clock.seconds()
-        self._last_progress = now
+        """Fail the attempt after `seconds` without progress (the proxy's tick checks)."""
+        self._last_progress = self.clock.seconds()
         self._timer_limit = seconds
-        timer = self._timer
-        if timer is None or not timer.active():
-            self._timer = self.clock.callLater(seconds, self._check_timer)
-        elif timer.getTime() > now + seconds:
-            timer.reset(seconds)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._timer_limit = None
 
-    def _check_timer(self) -> None:
-        """Fires when no progress was seen for the current limit; re-arms otherwise."""
-        self._timer = None
-        idle = self.clock.seconds() - self._last_progress
-        if idle < self._timer_limit:
-            self._timer = self.clock.callLater(self._timer_limit - idle, self._check_timer)
-            return
+    def overdue(self, now: float) -> bool:
+        limit = self._timer_limit
+        return limit is not None and now - self._last_progress >= limit
+
+    def timed_out(self) -> None:
+        """No progress for the current limit: fail this attempt as a timeout."""
+        limit = self._timer_limit
+        self._timer_limit = None
         sent = True
         if self._response_started:
-            detail = f"origin sent no body bytes for {self._timer_limit:g}s (body_idle)"
+            detail = f"origin sent no body bytes for {limit:g}s (body_idle)"
         elif self.conn is None:
-            detail = f"no usable origin connection within {self._timer_limit:g}s"
+            detail = f"no usable origin connection within {limit:g}s"
             sent = False
             if self._cancel_acquire is not None:
                 self._cancel_acquire()
                 self._cancel_acquire = None
         else:
-            detail = f"origin sent no response headers within {self._timer_limit:g}s"
+            detail = f"origin sent no response headers within {limit:g}s"
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.abort()
@@ -465,7 +491,7 @@ class Exchange:
             return
         self.done = True
         self._cancel_timer()
-        self.proxy.in_flight -= 1
+        self.proxy.ended(self)
         rec = self.record
         rec.duration_ms = (self.clock.seconds() - self.t0) * 1000.0
         if rec.error is not None:

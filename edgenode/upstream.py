@@ -29,10 +29,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from edgenode.errors import ErrorCode, OriginError
-from edgenode.headers import Headers
+from edgenode.headers import (
+    CONTENT_LENGTH,
+    RESPONSE_ACTIONS,
+    TRANSFER_ENCODING,
+    Headers,
+)
 from edgenode.tls import ConnectionTLS, OriginTLSCreator
 
 MAX_RESPONSE_HEAD_BYTES = 65536
+_RESPONSE_SEEN = RESPONSE_ACTIONS.seen
 
 
 class StaleConnection(OriginError):
@@ -53,11 +59,14 @@ class OriginRoute:
     min_tls: str
     idle_timeout: float = attrs.field(eq=False, default=60.0)
     creator: OriginTLSCreator | None = attrs.field(eq=False, default=None, repr=False)
+    # Derived once, read per request.
+    pool_key: tuple[object, ...] = attrs.field(init=False, eq=False, repr=False)
+    server: tuple[str, int] = attrs.field(init=False, eq=False, repr=False)
+    label: str = attrs.field(init=False, eq=False, repr=False)
 
-    @property
-    def pool_key(self) -> tuple[object, ...]:
-        """Everything that makes two connections non-interchangeable."""
-        return (
+    def __attrs_post_init__(self) -> None:
+        # Everything that makes two connections non-interchangeable.
+        key = (
             self.address,
             self.port,
             self.tls,
@@ -67,15 +76,10 @@ class OriginRoute:
             self.trust_id,
             self.min_tls,
         )
-
-    @property
-    def server(self) -> tuple[str, int]:
-        return (self.address, self.port)
-
-    @property
-    def label(self) -> str:
         host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{host}:{self.port}"
+        object.__setattr__(self, "pool_key", key)
+        object.__setattr__(self, "server", (self.address, self.port))
+        object.__setattr__(self, "label", f"{host}:{self.port}")
 
 
 class ResponseListener(Protocol):
@@ -233,7 +237,8 @@ class UpstreamConnection(TwistedProtocol):
             return
         self._got_bytes = True
         if self._in_head:
-            self._tail = (self._tail + data)[-4:]
+            if self._head_only:
+                self._tail = (self._tail + data[-4:])[-4:]
             self._head_bytes += len(data)
             if self._head_bytes > MAX_RESPONSE_HEAD_BYTES:
                 self._protocol_error(f"response head larger than {MAX_RESPONSE_HEAD_BYTES} bytes")
@@ -269,10 +274,12 @@ class UpstreamConnection(TwistedProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
-        lower = name.lower()
-        if lower == b"content-length":
+        action = _RESPONSE_SEEN.get(name)
+        if action is None:
+            action = RESPONSE_ACTIONS.slow(name)
+        if action == CONTENT_LENGTH:
             self._length = int(value)
-        elif lower == b"transfer-encoding" and value.lower().endswith(b"chunked"):
+        elif action == TRANSFER_ENCODING and value.lower().endswith(b"chunked"):
             self._chunked = True
 
     def on_headers_complete(self) -> None:

@@ -426,7 +426,7 @@ def test_response_without_length_is_chunked_for_http11() -> None:
     c = Client()
     c.send(b"GET / HTTP/1.1\r\n" + HOST + b"\r\n")
     stream = c.sinks[0].stream
-    stream.start_response(200, b"OK", [(b"X-A", b"1")], None, no_body=False)
+    stream.start_response(200, b"OK", [b"X-A: 1"], None, no_body=False)
     stream.send_body(b"hello")
     stream.send_body(b"")
     stream.send_body(b"0123456789abcdef")

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from edgenode.headers import (
     HOP_BY_HOP,
-    client_response_headers,
-    connection_tokens,
-    origin_request_headers,
-    serialize,
+    client_response_lines,
+    message_head,
+    origin_request_head,
+    scan_request,
 )
 
+Pairs = list[tuple[bytes, bytes]]
 
-def forward(headers: list[tuple[bytes, bytes]], **kwargs: object) -> list[tuple[bytes, bytes]]:
+
+def pairs(lines: list[bytes]) -> Pairs:
+    return [tuple(line.split(b": ", 1)) for line in lines]  # type: ignore[misc]
+
+
+def forward(headers: Pairs, **kwargs: object) -> Pairs:
+    """The headers of the head sent back-to-origin, parsed back into pairs."""
     args: dict[str, object] = {
         "client_ip": b"198.51.100.7",
         "origin_host": b"origin.example",
@@ -19,21 +26,59 @@ def forward(headers: list[tuple[bytes, bytes]], **kwargs: object) -> list[tuple[
         "body_framing": None,
     }
     args.update(kwargs)
-    return origin_request_headers(headers, **args)  # type: ignore[arg-type]
+    head = origin_request_head(b"GET / HTTP/1.1", scan_request(headers), **args)  # type: ignore[arg-type]
+    start, _, rest = head.partition(b"\r\n")
+    assert start == b"GET / HTTP/1.1"
+    assert rest.endswith(b"\r\n\r\n")
+    return pairs(rest[:-4].split(b"\r\n"))
 
 
-def names(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+def client_response_headers(headers: Pairs) -> Pairs:
+    return pairs(client_response_lines(headers))
+
+
+def names(headers: Pairs) -> list[bytes]:
     return [n.lower() for n, _ in headers]
 
 
-def values(headers: list[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
+def values(headers: Pairs, name: bytes) -> list[bytes]:
     return [v for n, v in headers if n.lower() == name]
 
 
-def test_connection_tokens_are_collected_lower_case_from_every_connection_header() -> None:
-    """Every name listed in any Connection header counts, lower-cased, blanks ignored."""
-    headers = [(b"Connection", b"Keep-Alive, X-Secret ,"), (b"connection", b"close")]
-    assert connection_tokens(headers) == {b"keep-alive", b"x-secret", b"close"}
+def test_scan_collects_what_the_edge_needs_from_a_request() -> None:
+    """Host, framing and Expect values are collected; the size counts every header line."""
+    scan = scan_request(
+        [
+            (b"HOST", b"a.example"),
+            (b"Content-Length", b"5"),
+            (b"Expect", b"100-continue"),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"Accept", b"*/*"),
+        ]
+    )
+    assert scan.hosts == [b"a.example"]
+    assert scan.content_length == b"5"
+    assert scan.expect == [b"100-continue"]
+    assert scan.transfer_encodings == [b"chunked"]
+    assert scan.forward == [b"Accept: */*"]
+    assert scan.size == sum(
+        len(n) + len(v) + 4
+        for n, v in [
+            (b"HOST", b"a.example"),
+            (b"Content-Length", b"5"),
+            (b"Expect", b"100-continue"),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"Accept", b"*/*"),
+        ]
+    )
+
+
+def test_header_names_are_matched_whatever_their_case() -> None:
+    """Each spelling of a name is looked up on its own: the first one seen decides nothing."""
+    for spelling in (b"connection", b"CONNECTION", b"Connection", b"cOnNeCtIoN"):
+        assert forward([(spelling, b"x-a"), (b"X-A", b"1"), (b"X-B", b"2")])[1:2] == [
+            (b"X-B", b"2")
+        ]
 
 
 def test_hop_by_hop_headers_are_not_forwarded_to_the_origin() -> None:
@@ -92,7 +137,7 @@ def test_framing_and_expect_are_the_edges_own() -> None:
     """Client Content-Length and Expect are dropped; the edge's body framing is sent instead."""
     out = forward(
         [(b"Content-Length", b"5"), (b"Expect", b"100-continue")],
-        body_framing=(b"Content-Length", b"5"),
+        body_framing=b"Content-Length: 5",
     )
     assert values(out, b"content-length") == [b"5"]
     assert b"expect" not in names(out)
@@ -131,8 +176,8 @@ def test_response_via_is_appended() -> None:
     assert values(out, b"via") == [b"1.1 varnish, 1.1 edgenode"]
 
 
-def test_serialize_writes_a_message_head() -> None:
-    """serialize joins the start line and headers with CRLF and ends with a blank line."""
-    head = serialize(b"GET / HTTP/1.1", [(b"Host", b"a"), (b"X", b"y")])
+def test_message_head_joins_lines_and_ends_with_a_blank_line() -> None:
+    """message_head joins the start line and header lines with CRLF, then a blank line."""
+    head = message_head(b"GET / HTTP/1.1", [b"Host: a", b"X: y"])
     assert head == b"GET / HTTP/1.1\r\nHost: a\r\nX: y\r\n\r\n"
-    assert serialize(b"HTTP/1.1 204 No Content", []) == b"HTTP/1.1 204 No Content\r\n\r\n"
+    assert message_head(b"HTTP/1.1 204 No Content", []) == b"HTTP/1.1 204 No Content\r\n\r\n"
