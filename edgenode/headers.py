@@ -57,6 +57,8 @@ _REQUEST = {
 _RESPONSE = {**_COMMON, b"x-edge-request-id": DROP}
 
 VIA_VALUE = b"1.1 edgenode"
+# Connection values that list no header (the common ones, spelled as sent).
+_NAMES_NO_HEADER = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
 _CACHE_LIMIT = 4096  # distinct spellings remembered; beyond it names are lower-cased each time
 
 
@@ -193,6 +195,8 @@ def message_head(start_line: bytes, lines: list[bytes]) -> bytes:
 
 def _listed(listed: set[bytes] | None, value: bytes) -> set[bytes] | None:
     """Add the names a Connection header lists; `close` and `keep-alive` name no header."""
+    if value in _NAMES_NO_HEADER:
+        return listed
     for token in value.split(b","):
         token = token.strip().lower()
         if token and token not in (b"close", b"keep-alive"):

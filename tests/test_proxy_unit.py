@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from edgenode.accesslog import AccessLog, AccessRecord
 from edgenode.config import config_from_mapping
 from edgenode.downstream import DownstreamFactory, DownstreamProtocol
-from edgenode.proxy import Proxy
+from edgenode.proxy import DEADLINE_TICK, Proxy
 from edgenode.runtime import RuntimeHolder, build_runtime
 from edgenode.upstream import OriginPool, UpstreamConnection
 from tests.test_downstream import TCPStringTransport, head_of, status_lines
@@ -403,6 +403,7 @@ def test_client_leaving_mid_exchange_drops_the_origin_connection() -> None:
     (record,) = edge.log.records
     assert record.status == 499
     assert edge.proxy.in_flight == 0
+    edge.reactor.advance(DEADLINE_TICK)  # the deadline tick stops when it finds nothing to do
     assert edge.reactor.getDelayedCalls() == []
 
 

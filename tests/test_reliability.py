@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from twisted.internet.error import ConnectionDone, ConnectionLost
 
+from edgenode.proxy import DEADLINE_TICK
 from tests.support.edge import EdgeProcess, send
 from tests.support.faults import FaultyOrigin, FlakyKeepAliveOrigin, ResetOnFirstBytes
 from tests.support.net import LOOPBACK, free_port
@@ -573,13 +574,15 @@ SCENARIOS = {
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_no_delayed_call_outlives_an_exchange(scenario: str) -> None:
-    """Once client and origin connections are gone, only the pool's idle sweeper stays scheduled."""
+    """Once client and origin connections are gone (and one deadline tick has passed), only
+    the pool's idle sweeper stays scheduled."""
     run, limits = SCENARIOS[scenario]
     edge = Edge(http_domain({"address": "192.0.2.1"}), limits=limits)
     edge.pool.start()  # as the service does: the sweeper is the one call meant to stay
     run(edge)
     assert edge.proxy.in_flight == 0
     assert len(edge.log.records) >= 1
+    edge.reactor.advance(DEADLINE_TICK)  # the deadline tick's last run finds nothing in flight
     calls = edge.reactor.getDelayedCalls()
     assert len(calls) == 1, _describe(calls)
     edge.pool.stop()
