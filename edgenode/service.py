@@ -385,9 +385,11 @@ class WorkerService(EdgeService):
 
     def startService(self) -> None:
         super().startService()
-        self._sampler = task.LoopingCall(self.monitor.sample_pool)
-        self._sampler.clock = self.reactor
-        self._sampler.start(1.0)
+        # Each second: the counts of the last second and the pool gauges, to the files the
+        # supervisor's /metrics reads (a worker cannot be asked at scrape time).
+        self._publisher = task.LoopingCall(self.monitor.publish)
+        self._publisher.clock = self.reactor
+        self._publisher.start(1.0)
         self.channel = ControlChannel(self._command, self._supervisor_gone)
         open_control_channel(self.reactor, self.channel)
         self.channel.send({"event": "ready", "generation": self.holder.current.generation})
@@ -420,10 +422,16 @@ class WorkerService(EdgeService):
             self._stop("the supervisor's control channel closing")
 
     def stopService(self) -> defer.Deferred[None]:
-        sampler = getattr(self, "_sampler", None)
-        if sampler is not None and sampler.running:
-            sampler.stop()
-        return super().stopService()
+        # Publishing goes on while requests drain, and once more after the last of them:
+        # what a worker counted before SIGTERM reaches /metrics.
+        return super().stopService().addBoth(self._publish_last)
+
+    def _publish_last(self, result: Any) -> Any:
+        publisher = getattr(self, "_publisher", None)
+        if publisher is not None and publisher.running:
+            publisher.stop()
+        self.monitor.publish()
+        return result
 
 
 class SupervisorService(EdgeService):

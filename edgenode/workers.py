@@ -14,10 +14,10 @@ A worker whose control channel closes (the supervisor is gone) stops as on SIGTE
 
 The config a worker runs is the text the supervisor validated, with its generation, in
 the state file (`RunDir.state`): whatever happens to the config file later, a restarted
-worker starts on exactly what the others run. Metrics: each worker counts its traffic
-in prometheus-client's multiprocess files under `RunDir.metrics`; the supervisor's
-/metrics adds them up (`WorkerMetrics`). The run directory is made fresh per run and
-removed at stop.
+worker starts on exactly what the others run. Metrics: each worker publishes its counts
+once a second, and a last time when it stops, into prometheus-client's multiprocess files
+under `RunDir.metrics`; the supervisor's /metrics adds them up (`WorkerMetrics`). The run
+directory is made fresh per run and removed at stop.
 
 How the workers share the port: one listening socket per worker, all bound by the
 supervisor with SO_REUSEPORT (one group), each inherited by its worker as fd 4 and
@@ -59,12 +59,13 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from twisted.internet import defer, error, protocol, task
 from twisted.internet.interfaces import IListeningPort
@@ -80,6 +81,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
 from edgenode.config import Config, TCPListen, apply_overrides, parse_config
+from edgenode.monitor import supervisor_families
 
 log = Logger()
 
@@ -599,13 +601,14 @@ def worker_argv(state: Path, reactor_name: str | None) -> list[str]:
 
 
 class WorkerMetrics:
-    """The supervisor's /metrics: its own registry, then the workers' files added up."""
+    """The supervisor's /metrics: its own registry, then the workers' files added up (each
+    worker publishes its counts there once a second, `Monitor.publish`)."""
 
     def __init__(self, own: Callable[[], bytes], directory: Path) -> None:
         self._own = own
         self.directory = directory
         self.registry = CollectorRegistry()
-        MultiProcessCollector(self.registry, path=str(directory))
+        self.registry.register(_WorkerFiles(directory))
 
     def render(self) -> bytes:
         return self._own() + generate_latest(self.registry)
@@ -620,3 +623,14 @@ class WorkerMetrics:
             if metric.name == "edgenode_requests":
                 total += sum(s.value for s in metric.samples if s.name == "edgenode_requests_total")
         return int(total)
+
+
+class _WorkerFiles:
+    """The workers' multiprocess files added up, with the request-duration histogram rebuilt
+    from what the workers published of it (`supervisor_families`)."""
+
+    def __init__(self, directory: Path) -> None:
+        self._files = MultiProcessCollector(None, path=str(directory))
+
+    def collect(self) -> Iterator[Metric]:
+        return supervisor_families(self._files.collect())

@@ -4,7 +4,8 @@ signals, summed metrics, one access log, and a clean stop.
 Which process served a request is never in a response or the access log. The supervisor's
 GET /workers reports each worker's own request counter (its prometheus multiprocess file),
 and the tests check that those pids are children of the edge process, so "both workers
-served" is counted on the server side, by the workers themselves.
+served" is counted on the server side, by the workers themselves. A worker publishes its
+counts once a second, so the tests wait for all of them (`_published`).
 """
 
 from __future__ import annotations
@@ -89,8 +90,48 @@ def _requests(edge: EdgeProcess, n: int, threads: int = 4, path: str = "/") -> l
 
 
 def _served(edge: EdgeProcess) -> dict[int, int]:
-    """Requests answered so far, by worker pid."""
+    """Requests answered so far, by worker pid, as far as the workers published them."""
     return {w["pid"]: w["requests"] for w in _workers(edge) if w["pid"] is not None}
+
+
+PUBLISHED_WITHIN = 5.0  # seconds: workers publish their counts once a second
+
+
+def _published(edge: EdgeProcess, total: int) -> dict[int, int]:
+    """`_served`, once the running workers have published `total` requests between them."""
+
+    def check() -> dict[int, int] | None:
+        served = _served(edge)
+        return served if sum(served.values()) == total else None
+
+    return _until(check, f"{total} requests published", PUBLISHED_WITHIN)  # type: ignore[no-any-return]
+
+
+def _families(text: str) -> dict[str, Any]:
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def _sample_sum(families: dict[str, Any], family: str, sample: str) -> float:
+    """The sum of `sample` over every label set of `family` (0 if it is not there)."""
+    found = families.get(family)
+    return sum(s.value for s in found.samples if s.name == sample) if found else 0.0
+
+
+def _metrics_counting(edge: EdgeProcess, requests: int) -> Response:
+    """GET /metrics, once the workers have published `requests` requests and durations."""
+
+    def check() -> Response | None:
+        r = edge.admin_request("GET", "/metrics")
+        families = _families(r.text)
+        counted = _sample_sum(families, "edgenode_requests", "edgenode_requests_total")
+        timed = _sample_sum(
+            families,
+            "edgenode_request_duration_seconds",
+            "edgenode_request_duration_seconds_count",
+        )
+        return r if r.status == 200 and counted == timed == requests else None
+
+    return _until(check, f"{requests} requests in /metrics", PUBLISHED_WITHIN)  # type: ignore[no-any-return]
 
 
 def _parent_of(pid: int) -> int:
@@ -149,7 +190,7 @@ def test_both_workers_serve_new_connections(edge_factory, pki, origin) -> None:
     responses = _requests(edge, 200)
     assert [r.status for r in responses] == [200] * 200
     assert {r.json()["vhost"] for r in responses} == {"a.test"}
-    served = _served(edge)
+    served = _published(edge, 200)
     assert sum(served.values()) == 200
     assert all(n > 0 for n in served.values()), served
     health = edge.admin_request("GET", "/healthz", token=None).json()
@@ -176,9 +217,9 @@ def test_a_killed_worker_is_restarted_and_requests_keep_succeeding(
     workers = _until(replaced, "worker 1 restarted")
     assert _parent_of(workers[0]["pid"]) == edge.pid
     assert f"worker 1 (pid {victim}) was killed by SIGKILL; restarting it in" in edge.log_text()
-    before = _served(edge)
+    before = _published(edge, 100)  # the victim died before it could answer any
     assert [r.status for r in _requests(edge, 100)] == [200] * 100
-    after = _served(edge)
+    after = _published(edge, 200)
     assert after[workers[0]["pid"]] - before.get(workers[0]["pid"], 0) > 0
 
 
@@ -192,12 +233,12 @@ def test_sighup_reload_reaches_every_worker(edge_factory, pki, origin) -> None:
     _ready(edge, generation=2)
     assert edge.admin_request("GET", "/healthz", token=None).json()["generation"] == 2
     handshakes_before = len(origin.handshakes)
-    before = _served(edge)
+    before = _published(edge, 20)
     responses = _requests(edge, 100)
     assert [(r.status, r.json()["sni"], r.json()["vhost"]) for r in responses] == [
         (200, "b.test", "b.test")
     ] * 100
-    after = _served(edge)
+    after = _published(edge, 120)
     assert all(after[pid] > before[pid] for pid in after), (before, after)
     new_handshakes = origin.handshakes[handshakes_before:]
     assert len(new_handshakes) >= 2  # each worker has its own origin pool
@@ -284,9 +325,9 @@ def test_metrics_are_the_sum_over_workers(edge_factory, pki, origin) -> None:
     edge = edge_factory(_config(pki, origin))
     _ready(edge)
     assert [r.status for r in _requests(edge, 150)] == [200] * 150
-    served = _served(edge)
+    served = _published(edge, 150)
     assert all(n > 0 for n in served.values()), served
-    r = edge.admin_request("GET", "/metrics")
+    r = _metrics_counting(edge, 150)
     assert r.status == 200
     families = {f.name: f for f in text_string_to_metric_families(r.text)}
     types = [line.split()[2] for line in r.text.splitlines() if line.startswith("# TYPE ")]
@@ -303,6 +344,24 @@ def test_metrics_are_the_sum_over_workers(edge_factory, pki, origin) -> None:
     )
 
 
+def test_a_sigtermed_worker_loses_none_of_its_counts(edge_factory, pki, origin) -> None:
+    """Requests answered just before a worker's SIGTERM still count: it publishes on its way
+    out, after its last request, so /metrics has them all once it has exited."""
+    edge = edge_factory(_config(pki, origin))
+    pids = [w["pid"] for w in _ready(edge)]
+    assert [r.status for r in _requests(edge, 60)] == [200] * 60
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    _until(lambda: not any(_alive(pid) for pid in pids), "both workers exited")
+    # No waiting from here: the workers are gone, so their files are final.
+    families = _families(edge.admin_request("GET", "/metrics").text)
+    assert _sample_sum(families, "edgenode_requests", "edgenode_requests_total") == 60
+    count = "edgenode_request_duration_seconds_count"
+    assert _sample_sum(families, "edgenode_request_duration_seconds", count) == 60
+    attempts = _sample_sum(families, "edgenode_origin_attempts", "edgenode_origin_attempts_total")
+    assert attempts == 60
+
+
 def test_access_log_lines_stay_whole_under_load(edge_factory, pki, origin) -> None:
     """Both workers append to one access log: every line whole, every request id once."""
     edge = edge_factory(_config(pki, origin))
@@ -310,7 +369,7 @@ def test_access_log_lines_stay_whole_under_load(edge_factory, pki, origin) -> No
     pad = "p" * 3000  # long lines: a flush is many of them in one write
     responses = _requests(edge, 400, threads=8, path=f"/{pad}")
     assert {r.status for r in responses} == {200}
-    assert all(n > 0 for n in _served(edge).values())
+    assert all(n > 0 for n in _published(edge, 400).values())
     sent = {r.header("X-Edge-Request-Id") for r in responses}
     assert len(sent) == 400
 
@@ -335,9 +394,9 @@ def test_sigusr1_reopens_every_workers_access_log(edge_factory, pki, origin) -> 
         lambda: _whole_log(edge).count("access log reopened") == 2,
         "both workers reopened the access log",
     )
-    before = _served(edge)
+    before = _published(edge, 50)
     second = {r.header("X-Edge-Request-Id") for r in _requests(edge, 100)}
-    after = _served(edge)
+    after = _published(edge, 150)
     assert all(after[pid] > before[pid] for pid in after)
     new = _until(
         lambda: len(_access_lines(edge.access_log_path)) >= 100 and edge.access_log_path,
