@@ -15,10 +15,11 @@ from typing import Any, Protocol
 
 import attrs
 import httptools
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPullProducer, IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from edgenode.config import Limits
 from edgenode.errors import ErrorCode
@@ -182,22 +183,23 @@ class ClientStream:
             status,
             reason or REASONS.get(status, b"Unknown"),
         )
-        self._conn.transport.write(message_head(start, lines))
+        self._conn.write(message_head(start, lines))
 
     def send_body(self, data: bytes) -> None:
         if not data:
             return
         if self.chunked:
-            self._conn.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+            self._conn.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
-            self._conn.transport.write(data)
+            self._conn.write(data)
 
     def end_response(self) -> None:
         if self.finished:
             return
         self.finished = True
         if self.chunked:
-            self._conn.transport.write(b"0\r\n\r\n")
+            self._conn.write(b"0\r\n\r\n")
+        self._conn.flush()
         self._conn._response_finished(self._req, self.closing)
 
     def abort(self) -> None:
@@ -238,12 +240,15 @@ class ClientStream:
     def resume_request_body(self) -> None:
         self._conn.resume_reading("upload")
 
+    def flush(self) -> None:
+        """Send what this response wrote since the last flush (one origin read's worth)."""
+        self._conn.flush()
+
     def register_producer(self, producer: IPushProducer) -> None:
-        self._conn.transport.registerProducer(producer, True)
+        self._conn.register_download(producer)
 
     def unregister_producer(self) -> None:
-        if self._conn.transport is not None:
-            self._conn.transport.unregisterProducer()
+        self._conn.unregister_download()
 
 
 class DownstreamProtocol(TwistedProtocol):
@@ -270,6 +275,13 @@ class DownstreamProtocol(TwistedProtocol):
         self._deadline: float | None = None
         self._head_timed = False
         self._reset_head()
+        # Writing (see "writing" below).
+        self._out: list[bytes] = []
+        self._socket: socket.socket | None = None
+        self._direct = False
+        self._handed_over = 0
+        self._download: IPushProducer | None = None
+        self._download_paused = False
 
     # -- connection ---------------------------------------------------------
 
@@ -280,6 +292,10 @@ class DownstreamProtocol(TwistedProtocol):
         handle = self.transport.getHandle()
         if isinstance(handle, socket.socket) and handle.family in (socket.AF_INET, socket.AF_INET6):
             handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._socket = handle
+            # Told each time the transport's buffer is empty (IPullProducer): then writes
+            # may go straight to the socket again.
+            self.transport.registerProducer(_Drained(self), False)
         self.factory.connections.add(self)
         self._set_timer(self.limits.client_idle_timeout)
 
@@ -302,8 +318,89 @@ class DownstreamProtocol(TwistedProtocol):
         self.current = None
         self._queue.clear()
         if self.transport is not None and not self.lost:
-            self.transport.loseConnection()
+            self._close()
             self._set_timer(FLUSH_BEFORE_CLOSE)
+
+    # -- writing --------------------------------------------------------------
+
+    # A response is written as one send: what the exchange writes while handling one
+    # origin read is collected (`write`) and sent at the end of that read (`flush`).
+    # While the transport holds nothing for the client (most responses fit the socket
+    # buffer), that send goes straight to the socket: Twisted would otherwise register a
+    # writer and send in the next reactor round (two epoll_ctl calls and a doWrite per
+    # response). What the socket does not take goes to the transport, and so does every
+    # later write until the transport reports its buffer empty (`_Drained`), so the
+    # order of bytes never changes. Backpressure: beyond HIGH_WATER bytes handed to the
+    # transport, the download producer (the exchange) is paused until that report.
+
+    HIGH_WATER = 65536
+
+    def write(self, data: bytes) -> None:
+        self._out.append(data)
+
+    def flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        if self.lost or self.transport is None:
+            return
+        if self._direct:
+            try:
+                sent = self._socket.send(data)  # type: ignore[union-attr]
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = 0  # the transport's own write will meet the error and report it
+            if sent == len(data):
+                return
+            data = data[sent:]
+            self._direct = False
+        self.transport.write(data)
+        if self._socket is not None:
+            self._handed_over += len(data)
+            download = self._download
+            if self._handed_over > self.HIGH_WATER and download and not self._download_paused:
+                self._download_paused = True
+                download.pauseProducing()
+
+    def _drained(self) -> None:
+        """The transport sent everything it held: writes may go straight out again."""
+        self._direct = not self.lost
+        self._handed_over = 0
+        if self._download_paused:
+            self._download_paused = False
+            if self._download is not None:
+                self._download.resumeProducing()
+
+    def register_download(self, producer: IPushProducer) -> None:
+        """The response's source, paused while the client does not keep up."""
+        if self._socket is None:
+            self.transport.registerProducer(producer, True)  # the transport does it all
+            return
+        self._download = producer
+        self._download_paused = False
+        if self._handed_over > self.HIGH_WATER:
+            self._download_paused = True
+            producer.pauseProducing()
+
+    def unregister_download(self) -> None:
+        if self._socket is None:
+            if self.transport is not None:
+                self.transport.unregisterProducer()
+            return
+        self._download = None
+        self._download_paused = False
+
+    def _close(self) -> None:
+        """Close once everything written is sent (the transport's loseConnection)."""
+        self.flush()
+        if self._socket is not None:
+            # A registered pull producer would be asked for more data instead of the
+            # transport closing once its buffer is empty.
+            self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
     # -- timers ---------------------------------------------------------------
 
@@ -350,7 +447,7 @@ class DownstreamProtocol(TwistedProtocol):
         else:
             # An idle keep-alive connection: a plain close, as nginx does, so a client
             # that just reused it sees a clean end rather than a reset.
-            self.transport.loseConnection()
+            self._close()
 
     # -- reading --------------------------------------------------------------
 
@@ -526,7 +623,8 @@ class DownstreamProtocol(TwistedProtocol):
         if req.responded or self.current is not req:
             return
         if req.head.expect_continue and not stream.started and not req.ended:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.flush()
         chunks, req.chunks = req.chunks, []
         for chunk in chunks:
             req.sink.body(chunk)
@@ -540,7 +638,7 @@ class DownstreamProtocol(TwistedProtocol):
             self.current = None
             self._queue.clear()
             if self.transport is not None:
-                self.transport.loseConnection()
+                self._close()
             return
         if req.ended:
             self._next()
@@ -551,7 +649,7 @@ class DownstreamProtocol(TwistedProtocol):
         if self.lost:
             return
         if self.closing_after_response:
-            self.transport.loseConnection()
+            self._close()
             return
         while self._queue:
             req = self._queue.popleft()
@@ -565,7 +663,7 @@ class DownstreamProtocol(TwistedProtocol):
             self.current = None
         self.resume_reading("pipeline")
         if self.draining:
-            self.transport.loseConnection()
+            self._close()
             return
         if self._in_head:
             self._head_timed = True
@@ -620,7 +718,7 @@ class DownstreamProtocol(TwistedProtocol):
         """Graceful shutdown: finish the exchange in flight, then close."""
         self.draining = True
         if self.current is None and self.transport is not None:
-            self.transport.loseConnection()
+            self._close()
 
 
 _VERSIONS = {"1.0": b"1.0", "1.1": b"1.1"}
@@ -670,6 +768,22 @@ def _absolute_target(
         raise BadRequest(ErrorCode.BAD_REQUEST, "invalid request target")
     authority = url.host + (b":%d" % url.port if url.port else b"")
     return authority, (url.path or b"/") + (b"?" + url.query if url.query else b"")
+
+
+@implementer(IPullProducer)
+class _Drained:
+    """Registered with a client transport so that it says when its buffer is empty."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: DownstreamProtocol) -> None:
+        self._conn = conn
+
+    def resumeProducing(self) -> None:
+        self._conn._drained()
+
+    def stopProducing(self) -> None:
+        """The connection is gone; connectionLost says so to the exchange."""
 
 
 class DownstreamFactory(Factory):

@@ -379,6 +379,10 @@ class Exchange:
         self._last_progress = self.clock.seconds()
         self.stream.send_body(data)
 
+    def read_done(self) -> None:
+        if not self.done:
+            self.stream.flush()
+
     def response_end(self) -> None:
         if self.done:
             return

@@ -93,6 +93,9 @@ class ResponseListener(Protocol):
 
     def response_end(self) -> None: ...
 
+    def read_done(self) -> None:
+        """One origin read is handled and the response goes on: relay what it brought."""
+
     def response_failed(self, err: OriginError) -> None: ...
 
 
@@ -264,6 +267,8 @@ class UpstreamConnection(TwistedProtocol):
             self.retired = True  # garbage after a complete response: keep the response
         if self._complete:
             self._finish_response()
+        elif not self._in_head and self._listener is not None:
+            self._listener.read_done()
 
     def on_message_begin(self) -> None:
         if self._complete:

@@ -91,6 +91,7 @@ class RecordingListener:
         self.events: list[Any] = []
         self.heads: list[tuple[int, bytes, Headers, int | None]] = []
         self.failures: list[OriginError] = []
+        self.reads_done = 0
 
     @property
     def body(self) -> bytes:
@@ -111,6 +112,9 @@ class RecordingListener:
 
     def response_end(self) -> None:
         self.events.append(("end",))
+
+    def read_done(self) -> None:
+        self.reads_done += 1
 
     def response_failed(self, err: OriginError) -> None:
         self.failures.append(err)
@@ -216,6 +220,21 @@ def test_chunked_response_is_delivered_decoded() -> None:
     assert listener.kinds == ["head", "end"]
     assert listener.heads[0][3] is None
     assert listener.body == b"hello world"
+
+
+def test_each_read_that_leaves_a_response_unfinished_is_reported_done() -> None:
+    """read_done follows each origin read after the head that does not end the response
+    (the exchange sends what it relayed then); the read that ends it reports the end."""
+    h = Harness()
+    conn, _ = h.connection()
+    listener = exchange(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n")
+    assert listener.reads_done == 0  # no head yet: nothing was relayed
+    conn.dataReceived(b"\r\nab")
+    assert (listener.kinds, listener.reads_done) == (["head"], 1)
+    conn.dataReceived(b"cd")
+    assert listener.reads_done == 2
+    conn.dataReceived(b"ef")
+    assert (listener.kinds, listener.reads_done) == (["head", "end"], 2)
 
 
 def test_close_delimited_body_ends_when_the_connection_closes() -> None:
