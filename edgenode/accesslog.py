@@ -105,6 +105,7 @@ class AccessRecord:
 
 
 _ts_cache: list[object] = [-1, ""]
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 
 def rfc3339(ts: float) -> str:
@@ -113,7 +114,7 @@ def rfc3339(ts: float) -> str:
     if _ts_cache[0] != whole:
         _ts_cache[0] = whole
         _ts_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-    return f"{_ts_cache[1]}.{int((ts - whole) * 1000):03d}Z"
+    return _ts_cache[1] + _MILLIS[int((ts - whole) * 1000)]  # type: ignore[operator]
 
 
 def parse_line(line: bytes | str) -> dict[str, Any] | None:

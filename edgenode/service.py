@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -237,6 +238,10 @@ class EdgeService(service.Service):
         self.access_log.start(self.reactor)
         # After reactor.run() installed Twisted's own handlers: ours replace them.
         self.reactor.callWhenRunning(self._install_signal_handlers)
+        # What is alive once running (modules, config, TLS contexts: most of the heap) lives
+        # as long as the process: out of the collector's way, a full collection costs
+        # milliseconds less (py-spy had the collector at ~3 % of the CPU under load).
+        self.reactor.callWhenRunning(gc.freeze)
         self._log_started()
 
     def _log_started(self) -> None:
