@@ -118,10 +118,9 @@ def scan_request(headers: Headers) -> RequestScan:
         elif action == EXPECT:
             scan.expect.append(value)
         elif action == FORWARDED_FOR:
-            xff = scan.forwarded_for
-            scan.forwarded_for = value if xff is None else xff + b", " + value
+            scan.forwarded_for = _merged(scan.forwarded_for, value)
         elif action == VIA:
-            scan.via = value if scan.via is None else scan.via + b", " + value
+            scan.via = _merged(scan.via, value)
         elif action == CONNECTION:
             scan.listed = _listed(scan.listed, value)
     scan.size = size
@@ -153,10 +152,10 @@ def origin_request_head(
     lines = [start_line, b"Host: " + origin_host, *scan.forward]
     if body_framing is not None:
         lines.append(body_framing)
-    lines.append(b"X-Forwarded-For: " + (client_ip if xff is None else xff + b", " + client_ip))
+    lines.append(b"X-Forwarded-For: " + _merged(xff, client_ip))
     lines.append(b"X-Forwarded-Proto: http")
     lines.append(b"X-Forwarded-Host: " + forwarded_host)
-    lines.append(b"Via: " + (VIA_VALUE if via is None else via + b", " + VIA_VALUE))
+    lines.append(b"Via: " + _merged(via, VIA_VALUE))
     lines.append(b"\r\n")
     return b"\r\n".join(lines)
 
@@ -175,22 +174,27 @@ def client_response_lines(headers: Headers) -> list[bytes]:
         if action == KEEP:
             lines.append(name + b": " + value)
         elif action == VIA:
-            via = value if via is None else via + b", " + value
+            via = _merged(via, value)
         elif action == FORWARDED_FOR:
-            xff = value if xff is None else xff + b", " + value
+            xff = _merged(xff, value)
         elif action == CONNECTION:
             listed = _listed(listed, value)
     if listed:
         lines = _without_listed(headers, RESPONSE_ACTIONS, listed)
     if xff is not None:
         lines.append(b"X-Forwarded-For: " + xff)
-    lines.append(b"Via: " + (VIA_VALUE if via is None else via + b", " + VIA_VALUE))
+    lines.append(b"Via: " + _merged(via, VIA_VALUE))
     return lines
 
 
 def message_head(start_line: bytes, lines: list[bytes]) -> bytes:
     """Start line, `Name: value` lines and the blank line, in one bytes object."""
     return b"\r\n".join([start_line, *lines, b"\r\n"])
+
+
+def _merged(earlier: bytes | None, value: bytes) -> bytes:
+    """A list-valued header's values as one (RFC 9110 §5.3)."""
+    return value if earlier is None else earlier + b", " + value
 
 
 def _listed(listed: set[bytes] | None, value: bytes) -> set[bytes] | None:

@@ -47,30 +47,20 @@ def values(headers: Pairs, name: bytes) -> list[bytes]:
 
 def test_scan_collects_what_the_edge_needs_from_a_request() -> None:
     """Host, framing and Expect values are collected; the size counts every header line."""
-    scan = scan_request(
-        [
-            (b"HOST", b"a.example"),
-            (b"Content-Length", b"5"),
-            (b"Expect", b"100-continue"),
-            (b"Transfer-Encoding", b"chunked"),
-            (b"Accept", b"*/*"),
-        ]
-    )
+    headers = [
+        (b"HOST", b"a.example"),
+        (b"Content-Length", b"5"),
+        (b"Expect", b"100-continue"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Accept", b"*/*"),
+    ]
+    scan = scan_request(headers)
     assert scan.hosts == [b"a.example"]
     assert scan.content_length == b"5"
     assert scan.expect == [b"100-continue"]
     assert scan.transfer_encodings == [b"chunked"]
     assert scan.forward == [b"Accept: */*"]
-    assert scan.size == sum(
-        len(n) + len(v) + 4
-        for n, v in [
-            (b"HOST", b"a.example"),
-            (b"Content-Length", b"5"),
-            (b"Expect", b"100-continue"),
-            (b"Transfer-Encoding", b"chunked"),
-            (b"Accept", b"*/*"),
-        ]
-    )
+    assert scan.size == sum(len(n) + len(v) + 4 for n, v in headers)
 
 
 def test_header_names_are_matched_whatever_their_case() -> None:
