@@ -120,14 +120,9 @@ class ConnectionTLS:
     failure: OriginError | None = None  # set by the verify callback
     offered_session: bool = False  # a session of this route was offered for resumption
     checked_leaf: bool = False  # our verify callback ran on the leaf certificate
-
-    @property
-    def version(self) -> str | None:
-        return self.connection.get_protocol_version_name() if self.connection else None
-
-    @property
-    def cipher(self) -> str | None:
-        return self.connection.get_cipher_name() if self.connection else None
+    # Recorded once by capture_peer (at the end of the handshake), read per request.
+    version: str | None = None
+    cipher: str | None = None
 
     @property
     def resumed(self) -> bool | None:
@@ -143,15 +138,25 @@ class ConnectionTLS:
         return not self.checked_leaf
 
     def capture_peer(self) -> None:
-        """Remember the peer certificate (after the handshake, or after it failed)."""
-        if self.peer is not None or self.connection is None:
+        """Remember what the handshake got to (after it completed, or after it failed).
+
+        The protocol version and cipher are read from pyOpenSSL here, once per
+        connection, not on every request that uses it; then the peer certificate.
+        """
+        conn = self.connection
+        if conn is None:
             return
-        cert = self.connection.get_peer_certificate(as_cryptography=True)
+        if self.version is None:
+            self.version = conn.get_protocol_version_name()
+            self.cipher = conn.get_cipher_name()
+        if self.peer is not None:
+            return
+        cert = conn.get_peer_certificate(as_cryptography=True)
         if cert is None:
             # A chain that fails above the leaf stops the verify callback before it saw
             # the leaf, and OpenSSL then keeps no peer certificate; the chain as the
             # origin sent it (leaf first) is still there.
-            chain = self.connection.get_peer_cert_chain(as_cryptography=True)
+            chain = conn.get_peer_cert_chain(as_cryptography=True)
             cert = chain[0] if chain else None
         if cert is not None:
             self.peer = CertFacts.of(cert)

@@ -24,7 +24,6 @@ from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import ClientFactory
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.internet.task import LoopingCall
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -35,6 +34,7 @@ from edgenode.headers import (
     TRANSFER_ENCODING,
     Headers,
 )
+from edgenode.origintls import OriginTLSFactory
 from edgenode.tls import ConnectionTLS, OriginTLSCreator
 
 MAX_RESPONSE_HEAD_BYTES = 65536
@@ -442,13 +442,6 @@ def connect_failure(exc: BaseException, timeout: float) -> OriginError:
     return OriginError(ErrorCode.ORIGIN_CONNECT_FAILED, f"TCP connect failed: {why}")
 
 
-class _PlainTLSFactory(TLSMemoryBIOFactory):
-    # The plain TLS protocol: we write each head and body chunk once, so Twisted's
-    # small-write aggregation (a callLater(0) per write batch) only costs us.
-    protocol = TLSMemoryBIOProtocol
-    noisy = False
-
-
 @attrs.define(eq=False)
 class _Waiting:
     route: OriginRoute
@@ -538,7 +531,9 @@ class OriginPool:
         if route.tls:
             assert route.creator is not None
             self.handshakes += 1
-            factory = _PlainTLSFactory(route.creator, True, factory)
+            # Our own TLS transport: the request goes out in the read that completes the
+            # handshake (or the call that writes it), not in the next reactor round.
+            factory = OriginTLSFactory(route.creator, factory)
         self.reactor.connectTCP(route.address, route.port, factory, timeout=connect_timeout)
         return conn
 

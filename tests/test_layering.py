@@ -17,6 +17,7 @@ ORDER = [
     "accesslog",
     "config",
     "tls",
+    "origintls",
     "upstream",
     "downstream",
     "runtime",

@@ -1,0 +1,477 @@
+"""The TLS client transport for origin connections: pyOpenSSL memory BIOs over one TCP connection.
+
+`OriginTLSProtocol` sits between the reactor's TCP transport and one `UpstreamConnection`
+(the wrapped protocol), in place of Twisted's `TLSMemoryBIOProtocol`. It exists for two
+costs that one paid per request: a write only buffered, so the request head waited for
+the next reactor round (epoll_ctl add, doWrite, epoll_ctl remove), and its Python.
+
+Invariants:
+- Eager writes, order kept. The ciphertext of each write (and of each handshake or read
+  step) is read from the BIO in one piece and, while the TCP transport holds nothing for
+  this connection (`_direct`), sent straight to the socket. What the socket does not take
+  goes to `transport.write`, and so does every later piece until the transport reports
+  its buffer empty: bytes reach the wire in the order OpenSSL produced them. The client
+  Finished and a request head written from `handshakeCompleted` leave in one send.
+- Drain signal. A pull producer (`_Drained`) is registered on the TCP transport at
+  connectionMade; Twisted calls its resumeProducing() at registration and each time the
+  transport's buffer empties. It is unregistered before the transport's loseConnection,
+  which it would otherwise hold open for ever. A transport without a TCP socket (tests'
+  StringTransport) gets no watcher: every write goes through `transport.write` and an
+  upload producer is registered on the transport itself.
+- Upload backpressure. With the watcher in the TCP transport's producer slot, the upload
+  producer registered on this transport is ours to pace: it is paused once more than
+  HIGH_WATER bytes went to `transport.write` since the last drain, and resumed on drain.
+  It gets stopProducing() when the connection is lost, as the TCP transport would do.
+- Reads. One `bio_write` per TCP read, then `recv` until OpenSSL wants more; the wrapped
+  protocol gets one dataReceived per TCP read (the plaintext joined), then whatever
+  OpenSSL produced (tickets, key updates, alerts) is flushed.
+- What the wrapped protocol sees when things end, as with TLSMemoryBIOProtocol, so that
+  `ConnectionTLS.setup_failure` classifies them unchanged: connectionLost gets a Failure
+  of the `SSL.Error` that ended TLS (a failed handshake, a fatal alert); an EOF without
+  close_notify (FIN or RST, in or after the handshake) is `ConnectionLost`; a TLS close
+  (close_notify either way) or our own close gives the TCP transport's reason
+  (`ConnectionDone`). A handshake failure's alert is sent to the origin before closing.
+- loseConnection sends close_notify and closes the TCP connection once its buffer is sent
+  (it does not wait for the origin's close_notify); before the handshake finished it
+  aborts. abortConnection resets without close_notify (an aborted transport would drop
+  it anyway).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet import error as neterror
+from twisted.internet.interfaces import (
+    IConsumer,
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IProtocol,
+    IPullProducer,
+    IPushProducer,
+    ISystemHandle,
+    ITransport,
+)
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+HIGH_WATER = 65536  # bytes handed to the TCP transport before the upload producer waits
+_RECV_SIZE = 65536  # one record is at most 16 KiB of plaintext; room for more
+_FLUSH_SIZE = 16384  # first BIO read when the plaintext size gives no hint
+_FLUSH_SLACK = 4096  # record overhead for up to four records of one write (TLS 1.2 CBC: ~300 each)
+_MAX_RECORD = 16384  # SSL_write takes one record per call (pyOpenSSL sets partial writes)
+
+
+@implementer(ITransport, IConsumer, IPushProducer, ISystemHandle)
+class OriginTLSProtocol(Protocol):
+    """Client-side TLS over a TCP transport; the transport of one wrapped protocol."""
+
+    disconnecting = False
+
+    def __init__(self, creator: IOpenSSLClientConnectionCreator, wrapped: IProtocol) -> None:
+        self.wrappedProtocol: Any = wrapped  # the creator hands the connection's facts to it
+        self._creator = creator
+        self._listener = IHandshakeListener.providedBy(wrapped)
+        self._tls: SSL.Connection | None = None
+        self._handshake_done = False
+        self._tls_over = False  # TLS ended (error, close_notify, our close): no more SSL I/O
+        self._lost = False  # the TCP connection is gone
+        self._close_when_unregistered = False
+        self._reason: Failure | None = None  # why TLS ended, for the wrapped connectionLost
+        self._pending: list[bytes] = []  # plaintext OpenSSL could not take yet
+        # Writing (see the module docstring).
+        self._socket: socket.socket | None = None
+        self._watching = False  # _Drained is registered on the TCP transport
+        self._direct = False
+        self._handed_over = 0
+        self._producer: IPushProducer | None = None
+        self._producer_paused = False
+
+    # -- connection -----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        tls = self._creator.clientConnectionForTLS(self)
+        tls.set_connect_state()
+        self._tls = tls
+        handle = getattr(self.transport, "getHandle", None)
+        sock = handle() if handle is not None else None
+        if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+            self._socket = sock
+            self._watching = True
+            # resumeProducing() now and each time the transport's buffer is empty.
+            self.transport.registerProducer(_Drained(self), False)
+        self.wrappedProtocol.makeConnection(self)
+        if not self._tls_over:  # the wrapped protocol may have aborted already
+            self._handshake()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._tls_over:
+            return
+        tls = self._tls
+        assert tls is not None
+        tls.bio_write(data)
+        if not self._handshake_done and not self._handshake():
+            return
+        if self._pending:
+            self._send_pending()  # a renegotiation step may have unblocked them
+        self._read()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._lost = True
+        self._direct = False
+        if not self._tls_over:
+            # The origin closed TCP without ending TLS: OpenSSL sees the EOF, may still
+            # hold plaintext, and says what kind of end this was (EOF -> ConnectionLost).
+            self._tls_over = True
+            self._at_eof()
+        producer, self._producer = self._producer, None
+        if producer is not None and self._socket is not None:
+            producer.stopProducing()  # what the TCP transport does for its own producer
+        wrapped, self.wrappedProtocol = self.wrappedProtocol, None  # no cycle left behind
+        wrapped.connectionLost(self._reason or reason)
+        self._reason = None
+
+    # -- handshake ------------------------------------------------------------
+
+    def _handshake(self) -> bool:
+        """Take the handshake one step; True once it completed."""
+        tls = self._tls
+        assert tls is not None
+        try:
+            tls.do_handshake()
+        except SSL.WantReadError:
+            self._flush(_FLUSH_SIZE)  # ClientHello, or the next flight
+            return False
+        except SSL.Error:
+            self._fail(Failure())
+            return False
+        self._handshake_done = True
+        if self._pending:
+            self._send_pending(flush=False)
+        if self._listener and not self._tls_over:
+            self.wrappedProtocol.handshakeCompleted()
+        # The client Finished, unless a write from handshakeCompleted already took it along.
+        if not self._tls_over:
+            self._flush(_FLUSH_SIZE)
+        return not self._tls_over
+
+    # -- reading --------------------------------------------------------------
+
+    def _read(self) -> None:
+        """Hand the wrapped protocol what this read decrypted, in one piece."""
+        tls = self._tls
+        assert tls is not None
+        pieces: list[bytes] = []
+        closed = False
+        failure: Failure | None = None
+        while True:
+            try:
+                pieces.append(tls.recv(_RECV_SIZE))
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                closed = True
+                break
+            except SSL.Error:
+                failure = Failure()
+                break
+        if pieces:
+            self.wrappedProtocol.dataReceived(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        if self._tls_over:  # the wrapped protocol closed or aborted while it read
+            return
+        if closed:
+            self._peer_closed()
+        elif failure is not None:
+            self._fail(failure)
+        else:
+            self._flush(_FLUSH_SIZE)
+
+    def _at_eof(self) -> None:
+        """The TCP connection is gone: let OpenSSL read the end of the stream."""
+        tls = self._tls
+        assert tls is not None
+        tls.bio_shutdown()
+        pieces: list[bytes] = []
+        try:
+            if not self._handshake_done:
+                tls.do_handshake()
+            else:
+                while True:
+                    pieces.append(tls.recv(_RECV_SIZE))
+        except SSL.ZeroReturnError:
+            pass  # a TLS close whose TCP close came with it
+        except SSL.Error:
+            self._record(Failure())
+        if pieces:
+            self.wrappedProtocol.dataReceived(b"".join(pieces))
+
+    def _peer_closed(self) -> None:
+        """The origin sent close_notify: answer it and close."""
+        self._shutdown()
+
+    # -- writing --------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self._tls_over or (self.disconnecting and self._producer is None):
+            return
+        if not self._handshake_done or self._pending:
+            self._pending.append(data)
+            return
+        if self._encrypt(data):
+            self._flush(len(data) + _FLUSH_SLACK)
+
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def _encrypt(self, data: bytes) -> bool:
+        """Give `data` to OpenSSL; False if TLS failed (then the connection is closing)."""
+        tls = self._tls
+        assert tls is not None
+        offset = 0
+        try:
+            if len(data) <= _MAX_RECORD:
+                tls.send(data)
+                return True
+            view = memoryview(data)
+            while offset < len(data):
+                offset += tls.send(view[offset : offset + _MAX_RECORD])
+        except SSL.WantReadError:
+            # Only mid-renegotiation: the rest waits for the origin's next read.
+            self._pending.insert(0, data[offset:] if offset else data)
+        except SSL.Error:
+            self._fail(Failure())
+            return False
+        return True
+
+    def _send_pending(self, *, flush: bool = True) -> None:
+        pending, self._pending = self._pending, []
+        for i, data in enumerate(pending):
+            if not self._encrypt(data):
+                return
+            if self._pending:  # blocked again: keep the order
+                self._pending.extend(pending[i + 1 :])
+                break
+        if flush:
+            self._flush(_FLUSH_SIZE)
+
+    def _flush(self, size: int) -> None:
+        """Send what OpenSSL produced: straight to the socket while nothing is queued."""
+        tls = self._tls
+        assert tls is not None
+        try:
+            data = tls.bio_read(size)
+        except SSL.WantReadError:
+            return  # nothing to send
+        if len(data) == size:  # maybe more: read until the BIO is empty
+            chunks = [data]
+            while True:
+                try:
+                    chunk = tls.bio_read(size)
+                except SSL.WantReadError:
+                    break
+                chunks.append(chunk)
+                if len(chunk) < size:
+                    break
+            data = b"".join(chunks)
+        self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        if self._direct:
+            try:
+                sent = self._socket.send(data)  # type: ignore[union-attr]
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = 0  # the transport's own write meets the error and reports it
+            if sent == len(data):
+                return
+            data = data[sent:]
+            self._direct = False
+        self.transport.write(data)
+        if self._socket is not None:
+            self._handed_over += len(data)
+            producer = self._producer
+            if self._handed_over > HIGH_WATER and producer and not self._producer_paused:
+                self._producer_paused = True
+                producer.pauseProducing()
+
+    def _drained(self) -> None:
+        """The TCP transport sent everything it held: ciphertext may go straight out again."""
+        self._direct = not self._lost and self._watching
+        self._handed_over = 0
+        if self._producer_paused:
+            self._producer_paused = False
+            if self._producer is not None:
+                self._producer.resumeProducing()
+
+    # -- IConsumer: the upload producer -----------------------------------------
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if not streaming:
+            raise TypeError("origin connections take streaming (push) producers only")
+        if self._producer is not None:
+            raise RuntimeError(f"cannot register {producer}: {self._producer} is registered")
+        if self._lost or self._tls_over:
+            producer.stopProducing()
+            return
+        self._producer = producer
+        self._producer_paused = False
+        if self._socket is None:
+            self.transport.registerProducer(producer, True)  # the transport does it all
+        elif self._handed_over > HIGH_WATER:
+            self._producer_paused = True
+            producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        if self._producer is None:
+            return
+        self._producer = None
+        self._producer_paused = False
+        if self._socket is None and not self._lost:
+            self.transport.unregisterProducer()
+        if self._close_when_unregistered:
+            self._close_when_unregistered = False
+            self._shutdown()
+
+    # -- closing --------------------------------------------------------------
+
+    def loseConnection(self) -> None:
+        """close_notify, then close TCP once its buffer is sent (abort before the handshake)."""
+        if self.disconnecting or self._lost:
+            return
+        if not self._handshake_done:
+            # OpenSSL cannot shut down mid-handshake; nothing was sent, so reset.
+            self.abortConnection()
+            return
+        self.disconnecting = True
+        if self._producer is not None:
+            self._close_when_unregistered = True  # Twisted's rule: the producer goes first
+            return
+        self._shutdown()
+
+    def abortConnection(self) -> None:
+        self.disconnecting = True
+        self._tls_over = True  # nothing more is read or written, not even close_notify
+        self._direct = False
+        self.transport.abortConnection()
+
+    def _shutdown(self) -> None:
+        if self._tls_over:
+            return
+        self._tls_over = True
+        tls = self._tls
+        assert tls is not None
+        with contextlib.suppress(SSL.Error):  # nothing more to say to a peer TLS failed with
+            tls.shutdown()
+        self._flush(_FLUSH_SIZE)
+        self._close_tcp()
+
+    def _fail(self, failure: Failure) -> None:
+        """TLS failed: tell the origin why (the alert), close, and keep the reason."""
+        self._record(failure)
+        self._tls_over = True
+        self._flush(_FLUSH_SIZE)
+        self._close_tcp()
+
+    def _record(self, failure: Failure) -> None:
+        if _represents_eof(failure.value):
+            # An EOF in violation of TLS is a lost connection, as TLSMemoryBIOProtocol says.
+            failure = Failure(neterror.ConnectionLost("Connection lost"))
+        if self._reason is None:
+            self._reason = failure
+
+    def _close_tcp(self) -> None:
+        self._direct = False
+        if self._watching and not self._lost:
+            self._watching = False
+            # A registered pull producer would keep the transport from ever closing.
+            self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
+    # -- the rest of the transport API ------------------------------------------
+
+    def pauseProducing(self) -> None:
+        """Reading backpressure: stop reading the origin's socket."""
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.loseConnection()
+
+    def getHandle(self) -> Any:
+        """The TCP socket (for socket options); TLSMemoryBIOProtocol gave the SSL.Connection.
+
+        The connection's SSL.Connection is `ConnectionTLS.connection` (the creator's facts).
+        """
+        handle = getattr(self.transport, "getHandle", None)
+        return handle() if handle is not None else None
+
+    def getPeer(self) -> Any:
+        return self.transport.getPeer()
+
+    def getHost(self) -> Any:
+        return self.transport.getHost()
+
+
+@implementer(IPullProducer)
+class _Drained:
+    """Registered with the TCP transport so that it says when its buffer is empty."""
+
+    __slots__ = ("_proto",)
+
+    def __init__(self, proto: OriginTLSProtocol) -> None:
+        self._proto = proto
+
+    def resumeProducing(self) -> None:
+        self._proto._drained()
+
+    def stopProducing(self) -> None:
+        """The connection is gone; connectionLost says so to the wrapped protocol."""
+
+
+def _represents_eof(exc: BaseException) -> bool:
+    """Whether an SSL error stands for the peer's EOF without close_notify (Twisted's test)."""
+    if not isinstance(exc, SSL.Error):
+        return False
+    if isinstance(exc, SSL.SysCallError):
+        text = exc.args[1] if len(exc.args) > 1 else ""
+    else:
+        queue = exc.args[0] if exc.args else None
+        if not queue:
+            return True  # OpenSSL 4 reports an EOF with an empty error queue
+        last = queue[-1]
+        text = last[-1] if isinstance(last, tuple | list) and last else ""
+    return str(text).casefold().startswith("unexpected eof")
+
+
+class OriginTLSFactory(ClientFactory):
+    """Wraps the protocol `wrappedFactory` builds in an OriginTLSProtocol for `creator`."""
+
+    noisy = False
+
+    def __init__(self, creator: IOpenSSLClientConnectionCreator, wrappedFactory: Any) -> None:
+        self.creator = creator
+        self.wrappedFactory = wrappedFactory
+
+    def buildProtocol(self, addr: Any) -> OriginTLSProtocol | None:
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        proto = OriginTLSProtocol(self.creator, wrapped)
+        proto.factory = self
+        return proto
+
+    def startedConnecting(self, connector: Any) -> None:
+        self.wrappedFactory.startedConnecting(connector)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.wrappedFactory.clientConnectionFailed(connector, reason)
+
+    def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
+        self.wrappedFactory.clientConnectionLost(connector, reason)
