@@ -619,20 +619,25 @@ class DownstreamProtocol(TwistedProtocol):
     def _start(self, req: _Request) -> None:
         self.current = req
         stream = ClientStream(self, req)
-        req.sink = self.handler.start(req.head, stream)
+        sink = self.handler.start(req.head, stream)
         if req.responded or self.current is not req:
-            return
+            return  # answered at once (an error): nothing more goes to the exchange
+        req.sink = sink
         if req.head.expect_continue and not stream.started and not req.ended:
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.flush()
         chunks, req.chunks = req.chunks, []
         for chunk in chunks:
-            req.sink.body(chunk)
+            sink.body(chunk)
         if req.ended:
-            req.sink.end()
+            sink.end()
 
     def _response_finished(self, req: _Request, closing: bool) -> None:
         req.responded = True
+        # The exchange is done with this request (body bytes still to come are dropped):
+        # letting go of it breaks the exchange -> stream -> request -> exchange cycle, so
+        # that it is freed at once instead of by the cyclic collector (~4 us a request).
+        req.sink = None
         if closing:
             self.closing_after_response = True
             self.current = None

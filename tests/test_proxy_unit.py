@@ -7,6 +7,7 @@ connects are completed by hand. Routes are plain HTTP, so no TLS is involved.
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +239,35 @@ def test_second_request_reuses_the_pooled_origin_connection() -> None:
     conn.dataReceived(OK_5)
     assert status_lines(transport.value()) == [b"HTTP/1.1 200 OK"] * 2
     assert [r.connection_reused for r in edge.log.records] == [False, True]
+
+
+def test_finished_exchanges_are_freed_without_the_cyclic_collector() -> None:
+    """A request's objects (exchange, stream, head, record) form no reference cycle once it
+    is answered: they go when the last reference does, not at the next gc run, which cost
+    ~4 us a request when they did. Also an error answered at once (421)."""
+    edge = Edge()
+    client, transport = edge.client()
+    client.dataReceived(b"GET /1 HTTP/1.1\r\n" + WWW + b"\r\n")
+    conn, _ = edge.origin()
+    conn.dataReceived(OK_5)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for n in range(5):
+            client.dataReceived(b"GET /%d HTTP/1.1\r\n" % n + WWW + b"\r\n")
+            conn.dataReceived(OK_5)
+        client.dataReceived(b"GET / HTTP/1.1\r\nHost: other.example\r\n\r\n")
+        gc.collect()
+        cyclic = {type(o).__name__ for o in gc.garbage}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert status_lines(transport.value()) == [b"HTTP/1.1 200 OK"] * 6 + [
+        b"HTTP/1.1 421 Misdirected Request"
+    ]
+    assert not cyclic & {"Exchange", "ClientStream", "_Request", "RequestHead", "AccessRecord"}
 
 
 # --- Failover ------------------------------------------------------------------------------------
