@@ -457,8 +457,11 @@ class DownstreamProtocol(TwistedProtocol):
         self._pause_reasons.add(reason)
 
     def resume_reading(self, reason: str) -> None:
-        self._pause_reasons.discard(reason)
-        if not self._pause_reasons and self.transport is not None and not self.lost:
+        reasons = self._pause_reasons
+        if reason not in reasons:
+            return  # not paused for this (the usual case after each response)
+        reasons.discard(reason)
+        if not reasons and self.transport is not None and not self.lost:
             self.transport.resumeProducing()
 
     def dataReceived(self, data: bytes) -> None:
