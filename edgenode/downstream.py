@@ -15,16 +15,16 @@ from typing import Any, Protocol
 
 import attrs
 import httptools
-from twisted.internet.interfaces import IPullProducer, IPushProducer
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from edgenode.config import Limits
 from edgenode.errors import ErrorCode
 from edgenode.headers import Headers, RequestScan, message_head, scan_request
 from edgenode.hostnames import normalize_request_host
+from edgenode.socketwriter import SocketWriter
 
 FLUSH_BEFORE_CLOSE = 10.0  # seconds a client gets to take a cut-short response
 
@@ -275,13 +275,8 @@ class DownstreamProtocol(TwistedProtocol):
         self._deadline: float | None = None
         self._head_timed = False
         self._reset_head()
-        # Writing (see "writing" below).
-        self._out: list[bytes] = []
-        self._socket: socket.socket | None = None
-        self._direct = False
-        self._handed_over = 0
-        self._download: IPushProducer | None = None
-        self._download_paused = False
+        self._out: list[bytes] = []  # written, not yet flushed (see "writing" below)
+        self._writer: SocketWriter | None = None
 
     # -- connection ---------------------------------------------------------
 
@@ -292,15 +287,14 @@ class DownstreamProtocol(TwistedProtocol):
         handle = self.transport.getHandle()
         if isinstance(handle, socket.socket) and handle.family in (socket.AF_INET, socket.AF_INET6):
             handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._socket = handle
-            # Told each time the transport's buffer is empty (IPullProducer): then writes
-            # may go straight to the socket again.
-            self.transport.registerProducer(_Drained(self), False)
+        self._writer = SocketWriter(self.transport)
         self.factory.connections.add(self)
         self._set_timer(self.limits.client_idle_timeout)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.lost = True
+        if self._writer is not None:
+            self._writer.connection_lost()
         self.factory.connections.discard(self)
         self._cancel_timer()
         req, self.current = self.current, None
@@ -324,16 +318,10 @@ class DownstreamProtocol(TwistedProtocol):
     # -- writing --------------------------------------------------------------
 
     # A response is written as one send: what the exchange writes while handling one
-    # origin read is collected (`write`) and sent at the end of that read (`flush`).
-    # While the transport holds nothing for the client (most responses fit the socket
-    # buffer), that send goes straight to the socket: Twisted would otherwise register a
-    # writer and send in the next reactor round (two epoll_ctl calls and a doWrite per
-    # response). What the socket does not take goes to the transport, and so does every
-    # later write until the transport reports its buffer empty (`_Drained`), so the
-    # order of bytes never changes. Backpressure: beyond HIGH_WATER bytes handed to the
-    # transport, the download producer (the exchange) is paused until that report.
-
-    HIGH_WATER = 65536
+    # origin read is collected (`write`) and sent at the end of that read (`flush`),
+    # straight to the socket while the transport holds nothing for the client
+    # (socketwriter.py). The exchange is the download producer, paused while the
+    # client does not keep up.
 
     def write(self, data: bytes) -> None:
         self._out.append(data)
@@ -344,62 +332,23 @@ class DownstreamProtocol(TwistedProtocol):
             return
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
-        if self.lost or self.transport is None:
-            return
-        if self._direct:
-            try:
-                sent = self._socket.send(data)  # type: ignore[union-attr]
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                sent = 0  # the transport's own write will meet the error and report it
-            if sent == len(data):
-                return
-            data = data[sent:]
-            self._direct = False
-        self.transport.write(data)
-        if self._socket is not None:
-            self._handed_over += len(data)
-            download = self._download
-            if self._handed_over > self.HIGH_WATER and download and not self._download_paused:
-                self._download_paused = True
-                download.pauseProducing()
-
-    def _drained(self) -> None:
-        """The transport sent everything it held: writes may go straight out again."""
-        self._direct = not self.lost
-        self._handed_over = 0
-        if self._download_paused:
-            self._download_paused = False
-            if self._download is not None:
-                self._download.resumeProducing()
+        if not self.lost and self._writer is not None:
+            self._writer.write(data)
 
     def register_download(self, producer: IPushProducer) -> None:
         """The response's source, paused while the client does not keep up."""
-        if self._socket is None:
-            self.transport.registerProducer(producer, True)  # the transport does it all
-            return
-        self._download = producer
-        self._download_paused = False
-        if self._handed_over > self.HIGH_WATER:
-            self._download_paused = True
-            producer.pauseProducing()
+        if self._writer is not None:
+            self._writer.pace(producer)
 
     def unregister_download(self) -> None:
-        if self._socket is None:
-            if self.transport is not None:
-                self.transport.unregisterProducer()
-            return
-        self._download = None
-        self._download_paused = False
+        if self._writer is not None:
+            self._writer.unpace()
 
     def _close(self) -> None:
         """Close once everything written is sent (the transport's loseConnection)."""
         self.flush()
-        if self._socket is not None:
-            # A registered pull producer would be asked for more data instead of the
-            # transport closing once its buffer is empty.
-            self.transport.unregisterProducer()
+        if self._writer is not None:
+            self._writer.release()
         self.transport.loseConnection()
 
     # -- timers ---------------------------------------------------------------
@@ -776,22 +725,6 @@ def _absolute_target(
         raise BadRequest(ErrorCode.BAD_REQUEST, "invalid request target")
     authority = url.host + (b":%d" % url.port if url.port else b"")
     return authority, (url.path or b"/") + (b"?" + url.query if url.query else b"")
-
-
-@implementer(IPullProducer)
-class _Drained:
-    """Registered with a client transport so that it says when its buffer is empty."""
-
-    __slots__ = ("_conn",)
-
-    def __init__(self, conn: DownstreamProtocol) -> None:
-        self._conn = conn
-
-    def resumeProducing(self) -> None:
-        self._conn._drained()
-
-    def stopProducing(self) -> None:
-        """The connection is gone; connectionLost says so to the exchange."""
 
 
 class DownstreamFactory(Factory):

@@ -7,21 +7,15 @@ the next reactor round (epoll_ctl add, doWrite, epoll_ctl remove), and its Pytho
 
 Invariants:
 - Eager writes, order kept. The ciphertext of each write (and of each handshake or read
-  step) is read from the BIO in one piece and, while the TCP transport holds nothing for
-  this connection (`_direct`), sent straight to the socket. What the socket does not take
-  goes to `transport.write`, and so does every later piece until the transport reports
-  its buffer empty: bytes reach the wire in the order OpenSSL produced them. The client
-  Finished and a request head written from `handshakeCompleted` leave in one send.
-- Drain signal. A pull producer (`_Drained`) is registered on the TCP transport at
-  connectionMade; Twisted calls its resumeProducing() at registration and each time the
-  transport's buffer empties. It is unregistered before the transport's loseConnection,
-  which it would otherwise hold open for ever. A transport without a TCP socket (tests'
-  StringTransport) gets no watcher: every write goes through `transport.write` and an
-  upload producer is registered on the transport itself.
-- Upload backpressure. With the watcher in the TCP transport's producer slot, the upload
-  producer registered on this transport is ours to pace: it is paused once more than
-  HIGH_WATER bytes went to `transport.write` since the last drain, and resumed on drain.
-  It gets stopProducing() when the connection is lost, as the TCP transport would do.
+  step) is read from the BIO in one piece and written through the TCP transport's
+  `SocketWriter` (socketwriter.py): straight to the socket while the transport holds
+  nothing, through the transport otherwise, in order. The client Finished and a request
+  head written from `handshakeCompleted` leave in one send. The writer's drain watcher is
+  released before the transport's loseConnection.
+- Upload backpressure. The upload producer registered on this transport is paced by the
+  writer (paused beyond HIGH_WATER bytes queued in the TCP transport, resumed when it
+  drains); it gets stopProducing() when the connection is lost, as the TCP transport
+  would do for its own producer.
 - Reads. One `bio_write` per TCP read, then `recv` until OpenSSL wants more; the wrapped
   protocol gets one dataReceived per TCP read (the plaintext joined), then whatever
   OpenSSL produced (tickets, key updates, alerts) is flushed.
@@ -40,7 +34,6 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
-import socket
 from typing import Any
 
 from OpenSSL import SSL
@@ -50,7 +43,6 @@ from twisted.internet.interfaces import (
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
     IProtocol,
-    IPullProducer,
     IPushProducer,
     ISystemHandle,
     ITransport,
@@ -59,7 +51,8 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-HIGH_WATER = 65536  # bytes handed to the TCP transport before the upload producer waits
+from edgenode.socketwriter import SocketWriter
+
 _RECV_SIZE = 65536  # one record is at most 16 KiB of plaintext; room for more
 _FLUSH_SIZE = 16384  # first BIO read when the plaintext size gives no hint
 _FLUSH_SLACK = 4096  # record overhead for up to four records of one write (TLS 1.2 CBC: ~300 each)
@@ -83,13 +76,7 @@ class OriginTLSProtocol(Protocol):
         self._close_when_unregistered = False
         self._reason: Failure | None = None  # why TLS ended, for the wrapped connectionLost
         self._pending: list[bytes] = []  # plaintext OpenSSL could not take yet
-        # Writing (see the module docstring).
-        self._socket: socket.socket | None = None
-        self._watching = False  # _Drained is registered on the TCP transport
-        self._direct = False
-        self._handed_over = 0
-        self._producer: IPushProducer | None = None
-        self._producer_paused = False
+        self._writer: SocketWriter  # the TCP transport's (socketwriter.py), from connectionMade
 
     # -- connection -----------------------------------------------------------
 
@@ -97,13 +84,7 @@ class OriginTLSProtocol(Protocol):
         tls = self._creator.clientConnectionForTLS(self)
         tls.set_connect_state()
         self._tls = tls
-        handle = getattr(self.transport, "getHandle", None)
-        sock = handle() if handle is not None else None
-        if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
-            self._socket = sock
-            self._watching = True
-            # resumeProducing() now and each time the transport's buffer is empty.
-            self.transport.registerProducer(_Drained(self), False)
+        self._writer = SocketWriter(self.transport)
         self.wrappedProtocol.makeConnection(self)
         if not self._tls_over:  # the wrapped protocol may have aborted already
             self._handshake()
@@ -122,14 +103,13 @@ class OriginTLSProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._lost = True
-        self._direct = False
+        producer = self._writer.connection_lost()
         if not self._tls_over:
             # The origin closed TCP without ending TLS: OpenSSL sees the EOF, may still
             # hold plaintext, and says what kind of end this was (EOF -> ConnectionLost).
             self._tls_over = True
             self._at_eof()
-        producer, self._producer = self._producer, None
-        if producer is not None and self._socket is not None:
+        if producer is not None:
             producer.stopProducing()  # what the TCP transport does for its own producer
         wrapped, self.wrappedProtocol = self.wrappedProtocol, None  # no cycle left behind
         wrapped.connectionLost(self._reason or reason)
@@ -216,7 +196,7 @@ class OriginTLSProtocol(Protocol):
     # -- writing --------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self._tls_over or (self.disconnecting and self._producer is None):
+        if self._tls_over or (self.disconnecting and self._writer.producer is None):
             return
         if not self._handshake_done or self._pending:
             self._pending.append(data)
@@ -277,62 +257,24 @@ class OriginTLSProtocol(Protocol):
                 if len(chunk) < size:
                     break
             data = b"".join(chunks)
-        self._send(data)
-
-    def _send(self, data: bytes) -> None:
-        if self._direct:
-            try:
-                sent = self._socket.send(data)  # type: ignore[union-attr]
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                sent = 0  # the transport's own write meets the error and reports it
-            if sent == len(data):
-                return
-            data = data[sent:]
-            self._direct = False
-        self.transport.write(data)
-        if self._socket is not None:
-            self._handed_over += len(data)
-            producer = self._producer
-            if self._handed_over > HIGH_WATER and producer and not self._producer_paused:
-                self._producer_paused = True
-                producer.pauseProducing()
-
-    def _drained(self) -> None:
-        """The TCP transport sent everything it held: ciphertext may go straight out again."""
-        self._direct = not self._lost and self._watching
-        self._handed_over = 0
-        if self._producer_paused:
-            self._producer_paused = False
-            if self._producer is not None:
-                self._producer.resumeProducing()
+        self._writer.write(data)
 
     # -- IConsumer: the upload producer -----------------------------------------
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         if not streaming:
             raise TypeError("origin connections take streaming (push) producers only")
-        if self._producer is not None:
-            raise RuntimeError(f"cannot register {producer}: {self._producer} is registered")
+        if self._writer.producer is not None:
+            raise RuntimeError(f"cannot register {producer}: {self._writer.producer} is registered")
         if self._lost or self._tls_over:
             producer.stopProducing()
             return
-        self._producer = producer
-        self._producer_paused = False
-        if self._socket is None:
-            self.transport.registerProducer(producer, True)  # the transport does it all
-        elif self._handed_over > HIGH_WATER:
-            self._producer_paused = True
-            producer.pauseProducing()
+        self._writer.pace(producer)
 
     def unregisterProducer(self) -> None:
-        if self._producer is None:
+        if self._writer.producer is None:
             return
-        self._producer = None
-        self._producer_paused = False
-        if self._socket is None and not self._lost:
-            self.transport.unregisterProducer()
+        self._writer.unpace()
         if self._close_when_unregistered:
             self._close_when_unregistered = False
             self._shutdown()
@@ -348,7 +290,7 @@ class OriginTLSProtocol(Protocol):
             self.abortConnection()
             return
         self.disconnecting = True
-        if self._producer is not None:
+        if self._writer.producer is not None:
             self._close_when_unregistered = True  # Twisted's rule: the producer goes first
             return
         self._shutdown()
@@ -356,7 +298,7 @@ class OriginTLSProtocol(Protocol):
     def abortConnection(self) -> None:
         self.disconnecting = True
         self._tls_over = True  # nothing more is read or written, not even close_notify
-        self._direct = False
+        self._writer.release()
         self.transport.abortConnection()
 
     def _shutdown(self) -> None:
@@ -385,11 +327,7 @@ class OriginTLSProtocol(Protocol):
             self._reason = failure
 
     def _close_tcp(self) -> None:
-        self._direct = False
-        if self._watching and not self._lost:
-            self._watching = False
-            # A registered pull producer would keep the transport from ever closing.
-            self.transport.unregisterProducer()
+        self._writer.release()  # its drain watcher would keep the transport from closing
         self.transport.loseConnection()
 
     # -- the rest of the transport API ------------------------------------------
@@ -417,22 +355,6 @@ class OriginTLSProtocol(Protocol):
 
     def getHost(self) -> Any:
         return self.transport.getHost()
-
-
-@implementer(IPullProducer)
-class _Drained:
-    """Registered with the TCP transport so that it says when its buffer is empty."""
-
-    __slots__ = ("_proto",)
-
-    def __init__(self, proto: OriginTLSProtocol) -> None:
-        self._proto = proto
-
-    def resumeProducing(self) -> None:
-        self._proto._drained()
-
-    def stopProducing(self) -> None:
-        """The connection is gone; connectionLost says so to the wrapped protocol."""
 
 
 def _represents_eof(exc: BaseException) -> bool:

@@ -16,6 +16,7 @@ ORDER = [
     "headers",
     "accesslog",
     "config",
+    "socketwriter",
     "tls",
     "origintls",
     "upstream",

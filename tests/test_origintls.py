@@ -28,7 +28,8 @@ from zope.interface import implementer
 
 from edgenode.errors import ErrorCode, OriginError
 from edgenode.headers import Headers
-from edgenode.origintls import HIGH_WATER, OriginTLSProtocol
+from edgenode.origintls import OriginTLSProtocol
+from edgenode.socketwriter import HIGH_WATER
 from edgenode.tls import OriginTLSCreator, TrustProfile
 from edgenode.upstream import OriginPool, OriginRoute, UpstreamConnection
 from tests.support.faults import ResetOnFirstBytes, Silent
