@@ -150,7 +150,8 @@ def _alive(pid: int) -> bool:
 def _state(pid: int) -> str:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
+        # Gone before the open (ENOENT) or between the open and the read (ESRCH).
         return ""
     return "(" + stat.rsplit(")", 1)[1].split()[0]
 
