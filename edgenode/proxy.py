@@ -88,7 +88,15 @@ class Proxy:
             return
         now = self.clock.seconds()
         for exchange in [e for e in self.exchanges if e.overdue(now)]:
-            exchange.timed_out()
+            try:
+                exchange.timed_out()
+            except Exception:
+                # A bug in one exchange must not stop the tick that every other one relies
+                # on for its timeouts (a raising LoopingCall stops for good).
+                log.failure(
+                    "timing out request {request_id} failed", request_id=exchange.request_id
+                )
+                exchange.crashed()
 
     def next_request_id(self) -> str:
         self._counter += 1
@@ -458,6 +466,18 @@ class Exchange:
         self._attempt_failed(OriginError(ErrorCode.ORIGIN_TIMEOUT, detail, request_sent=sent))
 
     # -- endings ---------------------------------------------------------------------
+
+    def crashed(self) -> None:
+        """An exception escaped this exchange's own code: end it (500, or a cut-off once
+        the head went out) and never leave it in flight, whatever else fails."""
+        try:
+            self._drop_origin()
+            self.fail(OriginError(ErrorCode.INTERNAL_ERROR, "internal error (see the edge's log)"))
+        except Exception:
+            log.failure("ending request {request_id} failed", request_id=self.request_id)
+        finally:
+            self.done = True
+            self.proxy.ended(self)
 
     def fail(self, err: OriginError) -> None:
         """Answer the client with the error's status, or cut it off if that is too late."""

@@ -11,8 +11,10 @@ import gc
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from edgenode.accesslog import AccessLog, AccessRecord
@@ -392,6 +394,38 @@ def test_no_response_head_within_response_header_timeout_is_504() -> None:
     assert status_lines(transport.value()) == [b"HTTP/1.1 504 Gateway Timeout"]
     assert b"origin_timeout" in transport.value()
     assert origin.disconnected
+
+
+def test_an_exchange_failing_to_time_out_does_not_stop_the_others_timeouts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One deadline tick serves every exchange in flight: if timing one out raises (a bug),
+    that request still ends (500 internal_error) and the others still time out (504)."""
+    edge = Edge(http_domain({"address": "192.0.2.1"}, timeouts={"response_header": 7}))
+    broken_client, broken_out = edge.client()
+    broken_client.dataReceived(b"GET /broken HTTP/1.1\r\n" + WWW + b"\r\n")
+    edge.origin()
+    (broken,) = edge.proxy.exchanges
+
+    def boom() -> None:
+        raise RuntimeError("a bug in timed_out")
+
+    monkeypatch.setattr(broken, "timed_out", boom)
+    client, transport = edge.client()
+    client.dataReceived(b"GET /fine HTTP/1.1\r\n" + WWW + b"\r\n")
+    edge.origin()
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        edge.reactor.advance(7.1)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert status_lines(broken_out.value()) == [b"HTTP/1.1 500 Internal Server Error"]
+    assert b"internal_error" in broken_out.value()
+    assert status_lines(transport.value()) == [b"HTTP/1.1 504 Gateway Timeout"]
+    assert edge.proxy.in_flight == 0
+    failures = [e["log_failure"].value for e in events if "log_failure" in e]
+    assert [str(f) for f in failures] == ["a bug in timed_out"]
 
 
 def test_failure_after_the_response_head_cuts_the_client_short() -> None:
