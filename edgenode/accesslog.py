@@ -11,6 +11,9 @@ from typing import IO, Any, Literal
 import attrs
 import orjson
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+log = Logger()
 
 # SPEC §6 fields, in the order they are written; later fields explain TLS failures.
 FIELDS = (
@@ -130,6 +133,8 @@ class AccessLog:
     """Appends whole lines, buffered: flushed when 64 KiB are waiting, at least once a
     second (`start`), and on reopen and close. A line is never split across writes, so
     a reader (or `edgenode tail`) only ever sees whole lines, at most a second late.
+    A write the OS refuses (disk full, I/O error) loses those lines, counted in
+    `lines_lost` and reported in the twistd log at most once a minute; the edge serves on.
     """
 
     FLUSH_BYTES = 65536
@@ -141,6 +146,9 @@ class AccessLog:
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._flusher: LoopingCall | None = None
+        self.lines_lost = 0  # lines a failed write took (disk full, I/O error)
+        self._unreported = 0
+        self._next_loss_report = 0.0
         self.open()
 
     def open(self) -> None:
@@ -173,12 +181,34 @@ class AccessLog:
             data = b"".join(self._pending)
             self._pending.clear()
             self._pending_bytes = 0
-            view = memoryview(data)
-            while view:  # whole lines, appended (O_APPEND) in as few writes as the OS takes
-                written = self._file.write(view)
-                view = view[written or len(view) :]
-            if self.target == "-":
-                self._file.flush()
+            try:
+                view = memoryview(data)
+                while view:  # whole lines, appended (O_APPEND) in as few writes as the OS takes
+                    written = self._file.write(view)
+                    view = view[written or len(view) :]
+                if self.target == "-":
+                    self._file.flush()
+            except OSError as e:
+                # A full or failing disk must not stop the edge (nor this flusher): the
+                # lines are lost, and the twistd log says so, as nginx's error log would.
+                self._lost(data.count(b"\n"), e)
+
+    LOST_REPORT_INTERVAL = 60.0  # seconds between two reports of lost lines
+
+    def _lost(self, lines: int, error: OSError) -> None:
+        self.lines_lost += lines
+        now = time.monotonic()
+        if now < self._next_loss_report:
+            self._unreported += lines
+            return
+        lost, self._unreported = self._unreported + lines, 0
+        self._next_loss_report = now + self.LOST_REPORT_INTERVAL
+        log.error(
+            "access log {target}: {lines} lines lost ({error}); at most one such report a minute",
+            target=str(self.target),
+            lines=lost,
+            error=f"{type(error).__name__}: {error.strerror or error}",
+        )
 
     def reopen(self) -> None:
         """Start writing to a fresh file at `target` (after `mv` for rotation, or a new path)."""

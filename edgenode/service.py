@@ -392,12 +392,20 @@ class WorkerService(EdgeService):
         super().startService()
         # Each second: the counts of the last second and the pool gauges, to the files the
         # supervisor's /metrics reads (a worker cannot be asked at scrape time).
-        self._publisher = task.LoopingCall(self.monitor.publish)
+        self._publisher = task.LoopingCall(self._publish)
         self._publisher.clock = self.reactor
         self._publisher.start(1.0)
         self.channel = ControlChannel(self._command, self._supervisor_gone)
         open_control_channel(self.reactor, self.channel)
         self.channel.send({"event": "ready", "generation": self.holder.current.generation})
+
+    def _publish(self) -> None:
+        try:
+            self.monitor.publish()
+        except Exception:
+            # A failing write (a full /tmp) must not stop publishing for good: a LoopingCall
+            # that raises never runs again, and /metrics would silently freeze.
+            log.failure("publishing this worker's metrics failed; trying again in a second")
 
     def _log_started(self) -> None:
         runtime = self.holder.current

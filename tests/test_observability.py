@@ -137,6 +137,26 @@ def test_rotation_by_mv_and_sigusr1_loses_no_line(edge_factory, pki, origin) -> 
     assert "access log reopened" in rotated + edge.log_text()
 
 
+def test_a_full_disk_loses_access_log_lines_not_requests(edge_factory, pki, origin) -> None:
+    """An access log the OS refuses to write (/dev/full: ENOSPC) costs its lines, never a
+    request: every client gets its answer, the twistd log says lines were lost (once, not
+    per line), and the edge keeps serving after the flusher met the error."""
+    config = _config(pki, origin)
+    config["access_log"] = "/dev/full"
+    edge = edge_factory(config)
+    for _ in range(5):
+        assert edge.request("GET", "/", host="a.test").status == 200
+    deadline = time.monotonic() + 10
+    while "lines lost" not in edge.log_text() and time.monotonic() < deadline:
+        time.sleep(0.1)  # the flusher runs once a second
+    text = edge.log_text()
+    assert "access log /dev/full: 5 lines lost (OSError: No space left on device)" in text
+    for _ in range(5):
+        assert edge.request("GET", "/", host="b.test").status == 200
+    time.sleep(1.5)  # the next flush fails too, and is not reported again within a minute
+    assert edge.log_text().count("lines lost") == 1
+
+
 def test_metrics_parse_and_move(edge_factory, pki, origin) -> None:
     """/metrics parses with prometheus-client's parser and its counters follow the requests."""
     edge = edge_factory(_config(pki, origin))
