@@ -62,19 +62,20 @@ _NAMES_NO_HEADER = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
 _CACHE_LIMIT = 4096  # distinct spellings remembered; beyond it names are lower-cased each time
 
 
-class _Actions:
-    """Name as received -> action, remembering each spelling so that `lower()` runs once."""
+class _Actions(dict[bytes, int]):
+    """Name as received -> action. A spelling not seen yet is lower-cased once and
+    remembered (`__missing__`), so a lookup is one dict subscript."""
 
-    __slots__ = ("_by_lower", "seen")
+    __slots__ = ("_by_lower",)
 
     def __init__(self, by_lower: dict[bytes, int]) -> None:
+        super().__init__()
         self._by_lower = by_lower
-        self.seen: dict[bytes, int] = {}
 
-    def slow(self, name: bytes) -> int:
+    def __missing__(self, name: bytes) -> int:
         action = self._by_lower.get(name.lower(), KEEP)
-        if len(self.seen) < _CACHE_LIMIT:  # a client inventing names cannot grow this
-            self.seen[name] = action
+        if len(self) < _CACHE_LIMIT:  # a client inventing names cannot grow this
+            self[name] = action
         return action
 
 
@@ -99,14 +100,12 @@ class RequestScan:
 
 def scan_request(headers: Headers) -> RequestScan:
     scan = RequestScan()
-    seen = REQUEST_ACTIONS.seen
+    actions = REQUEST_ACTIONS
     forward = scan.forward
     size = 0
     for name, value in headers:
         size += len(name) + len(value) + 4
-        action = seen.get(name)
-        if action is None:
-            action = REQUEST_ACTIONS.slow(name)
+        action = actions[name]
         if action == KEEP:
             forward.append(name + b": " + value)
         elif action == HOST:
@@ -162,15 +161,13 @@ def origin_request_head(
 
 def client_response_lines(headers: Headers) -> list[bytes]:
     """The origin's response headers as relayed to the client: hop-by-hop gone, Via added."""
-    seen = RESPONSE_ACTIONS.seen
+    actions = RESPONSE_ACTIONS
     lines: list[bytes] = []
     xff: bytes | None = None
     via: bytes | None = None
     listed: set[bytes] | None = None
     for name, value in headers:
-        action = seen.get(name)
-        if action is None:
-            action = RESPONSE_ACTIONS.slow(name)
+        action = actions[name]
         if action == KEEP:
             lines.append(name + b": " + value)
         elif action == VIA:
@@ -217,5 +214,5 @@ def _without_listed(headers: Headers, actions: _Actions, listed: set[bytes]) -> 
     return [
         name + b": " + value
         for name, value in headers
-        if actions.slow(name) == KEEP and name.lower() not in listed
+        if actions[name] == KEEP and name.lower() not in listed
     ]

@@ -38,7 +38,6 @@ from edgenode.origintls import OriginTLSFactory
 from edgenode.tls import ConnectionTLS, OriginTLSCreator
 
 MAX_RESPONSE_HEAD_BYTES = 65536
-_RESPONSE_SEEN = RESPONSE_ACTIONS.seen
 
 
 class StaleConnection(OriginError):
@@ -279,9 +278,7 @@ class UpstreamConnection(TwistedProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
-        action = _RESPONSE_SEEN.get(name)
-        if action is None:
-            action = RESPONSE_ACTIONS.slow(name)
+        action = RESPONSE_ACTIONS[name]
         if action == CONTENT_LENGTH:
             self._length = int(value)
         elif action == TRANSFER_ENCODING and value.lower().endswith(b"chunked"):
