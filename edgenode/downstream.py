@@ -276,7 +276,7 @@ class DownstreamProtocol(TwistedProtocol):
         self._head_timed = False
         self._reset_head()
         self._out: list[bytes] = []  # written, not yet flushed (see "writing" below)
-        self._writer: SocketWriter | None = None
+        self._writer: SocketWriter  # the transport's, from connectionMade
 
     # -- connection ---------------------------------------------------------
 
@@ -293,8 +293,7 @@ class DownstreamProtocol(TwistedProtocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.lost = True
-        if self._writer is not None:
-            self._writer.connection_lost()
+        self._writer.connection_lost()
         self.factory.connections.discard(self)
         self._cancel_timer()
         req, self.current = self.current, None
@@ -332,23 +331,20 @@ class DownstreamProtocol(TwistedProtocol):
             return
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
-        if not self.lost and self._writer is not None:
+        if not self.lost:
             self._writer.write(data)
 
     def register_download(self, producer: IPushProducer) -> None:
         """The response's source, paused while the client does not keep up."""
-        if self._writer is not None:
-            self._writer.pace(producer)
+        self._writer.pace(producer)
 
     def unregister_download(self) -> None:
-        if self._writer is not None:
-            self._writer.unpace()
+        self._writer.unpace()
 
     def _close(self) -> None:
         """Close once everything written is sent (the transport's loseConnection)."""
         self.flush()
-        if self._writer is not None:
-            self._writer.release()
+        self._writer.release()
         self.transport.loseConnection()
 
     # -- timers ---------------------------------------------------------------
