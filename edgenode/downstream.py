@@ -274,6 +274,12 @@ class DownstreamProtocol(TwistedProtocol):
         self._timer: Any = None
         self._deadline: float | None = None
         self._head_timed = False
+        # An Upgrade request with a body, between llhttp's early stop at its head and the
+        # parser primed to read its body (see _reframe_upgrade).
+        self._upgrade_body: RequestHead | None = None
+        self._priming = False
+        # A bad request found while others were in flight or queued: answered after them.
+        self._refusal: tuple[RequestHead, ErrorCode, str] | None = None
         self._reset_head()
         self._out: list[bytes] = []  # written, not yet flushed (see "writing" below)
         self._writer: SocketWriter  # the transport's, from connectionMade
@@ -413,16 +419,12 @@ class DownstreamProtocol(TwistedProtocol):
         if self.closing_after_response or self._last_request_read:
             return  # the rest of the stream is not ours to read
         self._began_in_this_read = False
+        parsing = self._parsing
+        body_seen = parsing.body_bytes if parsing is not None else 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
-            # An Upgrade request (WebSocket, h2c) is answered as plain HTTP/1.1 (RFC 9110
-            # §7.8 lets a server ignore Upgrade); bytes after it start the next request.
-            self._parser = httptools.HttpRequestParser(self)
-            rest = data[e.args[0] :] if e.args and isinstance(e.args[0], int) else b""
-            if rest:
-                self.dataReceived(rest)
-            return
+            upgraded_at = e.args[0] if e.args and isinstance(e.args[0], int) else len(data)
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
             if isinstance(cause, BadRequest):
@@ -434,11 +436,27 @@ class DownstreamProtocol(TwistedProtocol):
         except httptools.HttpParserError as e:
             self._refuse(ErrorCode.BAD_REQUEST, f"malformed request: {e}")
             return
-        if self._in_head and not self._head_timed and self.current is None:
+        else:
+            upgraded_at = None
+        if upgraded_at is not None:
+            # Outside the except block, so that a callback error in the rest keeps its cause.
+            self._continue_after_upgrade(data[upgraded_at:])
+            return
+        if self._in_head:
+            self._head_read(data)
+        elif parsing is not None and parsing is self._parsing and parsing.head.chunked:
+            self._chunked_read(parsing, len(data), parsing.body_bytes - body_seen)
+
+    def _head_read(self, data: bytes) -> None:
+        """A read that ended inside a request head: deadline, size, and HTTP/0.9."""
+        if not self._head_timed and self.current is None:
             # The head did not arrive in one read: from now on it has a deadline (slowloris).
             self._head_timed = True
             self._set_timer(self.limits.client_header_timeout)
-        if self._in_head and not self._began_in_this_read:
+        if self._url and self._is_http09(data):
+            self._refuse(ErrorCode.BAD_REQUEST, "HTTP/0.9 is not served")
+            return
+        if not self._began_in_this_read:
             # A whole read inside one unfinished head counts in full; the read the head
             # began in is not charged (it may hold the previous request), so a head can
             # overshoot by one read before this catches it; on_headers_complete is exact.
@@ -446,15 +464,42 @@ class DownstreamProtocol(TwistedProtocol):
             if self._head_bytes > self.limits.max_header_bytes:
                 self._refuse(ErrorCode.REQUEST_HEADER_TOO_LARGE, "request head too large")
 
+    def _is_http09(self, data: bytes) -> bool:
+        """Whether the head being read is an HTTP/0.9 request line (`GET /x` and a newline).
+
+        llhttp would wait for header lines that a real 0.9 client never sends; it names the
+        version 0.9 only once a byte follows the line. A request line that ended with no
+        version is 0.9 too: once a line is complete, a 1.x request already has its version.
+        """
+        version = self._parser.get_http_version()
+        return version == "0.9" or (version == "0.0" and data.endswith(b"\n"))
+
+    def _chunked_read(self, req: _Request, size: int, body: int) -> None:
+        """A read that ended inside a chunked body. Bytes that bring no body (chunk
+        extensions, trailers) are held by the parser until their line ends: bounded by
+        max_header_bytes, as the head is, so a client cannot grow them without limit."""
+        if body:
+            self._framing_bytes = size - body
+        else:
+            self._framing_bytes += size
+        if self._framing_bytes > self.limits.max_header_bytes:
+            self._refuse(
+                ErrorCode.REQUEST_HEADER_TOO_LARGE,
+                "chunk extensions or trailers above max_header_bytes",
+            )
+
     def _reset_head(self) -> None:
         self._in_head = False
         self._head_timed = False
         self._head_bytes = 0
         self._url = b""
         self._headers: Headers = []
+        self._framing_bytes = 0  # chunked body: bytes read that brought no body
 
     def on_message_begin(self) -> None:
-        if self._last_request_read:
+        if self._last_request_read or self.closing_after_response:
+            # After a `Connection: close` request, or an answer that closes the connection
+            # (a refused request), nothing more is parsed, let alone forwarded.
             raise _StopReading()
         self._reset_head()
         self._in_head = True
@@ -466,11 +511,27 @@ class DownstreamProtocol(TwistedProtocol):
             raise BadRequest(ErrorCode.URI_TOO_LONG, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        if self._in_head:
+            self._headers.append((name, value))
+            return
+        # A trailer field of a chunked body: counted as a head is, then dropped (the edge
+        # re-frames the body to the origin and sends no trailers).
+        self._framing_bytes += len(name) + len(value) + 4
+        if self._framing_bytes > self.limits.max_header_bytes:
+            raise BadRequest(
+                ErrorCode.REQUEST_HEADER_TOO_LARGE, "trailer section above max_header_bytes"
+            )
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if self._priming:
+            self._priming = False
+            self._reset_head()
+            return
         head = self._build_head()
+        if head.has_body and self._parser.should_upgrade():
+            # llhttp is about to stop at this head, body unread (see dataReceived).
+            self._upgrade_body = head
         req = _Request(head)
         self._parsing = req
         if self.current is None:
@@ -496,12 +557,20 @@ class DownstreamProtocol(TwistedProtocol):
             req.sink.body(data)
         elif not req.responded:
             req.chunks.append(data)
+        else:
+            self._set_timer(self.limits.client_idle_timeout)  # dropped, but it comes
 
     def on_message_complete(self) -> None:
+        if self._upgrade_body is not None:
+            return  # llhttp's early end of an Upgrade request: its body is still to come
         req = self._parsing
         self._parsing = None
         if req is None:
             return
+        length = req.head.content_length
+        if length is not None and req.body_bytes != length:
+            # The parser and the head disagree on where this request ends: never guess.
+            raise BadRequest(ErrorCode.BAD_REQUEST, "request body does not match its framing")
         req.ended = True
         if not req.head.keep_alive:
             # Nothing after a `Connection: close` request is read; its own response
@@ -513,12 +582,40 @@ class DownstreamProtocol(TwistedProtocol):
         if req.responded and req is self.current:
             self._next()
 
+    def _continue_after_upgrade(self, rest: bytes) -> None:
+        """An Upgrade request (WebSocket, h2c) is answered as plain HTTP/1.1 (RFC 9110 §7.8
+        lets a server ignore Upgrade). llhttp stops at its head as if the rest of the
+        stream were another protocol; here it is not, so parsing goes on with a new parser,
+        and a body is framed exactly as it would be without the Upgrade."""
+        self._parser = httptools.HttpRequestParser(self)
+        head, self._upgrade_body = self._upgrade_body, None
+        if head is not None and not self.closing_after_response:
+            self._reframe_upgrade(head)
+        if rest:
+            self.dataReceived(rest)
+
+    def _reframe_upgrade(self, head: RequestHead) -> None:
+        """Prime the new parser so that it reads the body of `head`, an Upgrade request,
+        by the head's own framing: a synthetic head with that framing alone is fed first,
+        its callbacks ignored, and llhttp then parses the client's body bytes and what
+        follows exactly as it does for any other request."""
+        framing = (
+            b"Transfer-Encoding: chunked"
+            if head.chunked
+            else b"Content-Length: %d" % (head.content_length or 0)
+        )
+        self._priming = True
+        self._parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n")
+
     def _build_head(self) -> RequestHead:
         parser = self._parser
         method = parser.get_method()
         if method == b"CONNECT":
             raise BadRequest(ErrorCode.BAD_REQUEST, "CONNECT is not supported by this edge")
         target = self._url
+        if b"#" in target:
+            # RFC 9112 §3.2: a fragment is never sent; origins would disagree on what it means.
+            raise BadRequest(ErrorCode.BAD_REQUEST, "request target has a fragment")
         scan = scan_request(self._headers)
         size = len(target) + scan.size
         if size > self.limits.max_header_bytes:
@@ -554,7 +651,11 @@ class DownstreamProtocol(TwistedProtocol):
             version=version,
             headers=self._headers,
             scan=scan,
-            keep_alive=parser.should_keep_alive() and not self.draining,
+            # RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 request means faulty framing;
+            # the request is served, then the connection closes.
+            keep_alive=parser.should_keep_alive()
+            and not self.draining
+            and not (version == b"1.0" and scan.transfer_encodings),
             content_length=content_length,
             chunked=chunked,
             expect_continue=expect and version == b"1.1",
@@ -595,7 +696,10 @@ class DownstreamProtocol(TwistedProtocol):
             return
         if req.ended:
             self._next()
-        # else: the origin answered before the body ended; the rest is read and dropped
+        else:
+            # The origin answered before the body ended: the rest is read and dropped, as
+            # nginx discards it, as long as it keeps coming (on_body renews the deadline).
+            self._set_timer(self.limits.client_idle_timeout)
 
     def _next(self) -> None:
         self.current = None
@@ -614,6 +718,9 @@ class DownstreamProtocol(TwistedProtocol):
             if self.lost or self.closing_after_response:
                 return
             self.current = None
+        if self._refusal is not None:
+            self._answer_refusal()
+            return
         self.resume_reading("pipeline")
         if self.draining:
             self._close()
@@ -625,22 +732,40 @@ class DownstreamProtocol(TwistedProtocol):
             self._set_timer(self.limits.client_idle_timeout)
 
     def _refuse(self, code: ErrorCode, detail: str) -> None:
-        """The edge answers a bad request itself and closes: the stream is not to be trusted."""
-        already_closing = self.closing_after_response
-        self.closing_after_response = True
-        self._queue.clear()
-        if self.lost or already_closing:
+        """The edge answers a bad request itself and closes: the stream is not to be trusted.
+
+        Nothing after the bad bytes is parsed. Requests parsed before them are served first,
+        in order, and the refusal is answered after them (RFC 9112 §9.3.2: responses in the
+        order of the requests); a request whose own body is broken is answered at once.
+        """
+        if self.lost or self.closing_after_response or self._refusal is not None:
             return
+        self._last_request_read = True
+        self.pause_reading("last request")
         current = self.current
-        if current is not None:
-            if self._parsing is current and current.sink is not None:
-                # The request in flight is itself broken (its body framing): it cannot go on.
-                self._parsing = None
-                current.sink.reject(code, detail)
-            # Otherwise it may finish; nothing after it is read or answered.
+        if current is not None and current.responded:
+            # Answered already; only the rest of its body was being read: done now.
+            self._parsing = None
+            self.close_after_flush()
             return
-        # No exchange owns the connection: answer through the handler so it gets logged.
-        head = RequestHead(
+        if current is not None and self._parsing is current and current.sink is not None:
+            # The request in flight is itself broken (its body framing): it cannot go on.
+            self._parsing = None
+            self.closing_after_response = True
+            current.sink.reject(code, detail)
+            return
+        broken = self._parsing
+        self._parsing = None
+        if broken is not None and broken in self._queue:
+            self._queue.remove(broken)  # a queued request whose body is broken: never served
+        self._refusal = (self._refused_head(), code, detail)
+        if current is None:
+            self._answer_refusal()
+        # else: _next answers it once the requests before it are done
+
+    def _refused_head(self) -> RequestHead:
+        """What is known of a request the parser could not finish, for the answer and log."""
+        return RequestHead(
             method=self._parser_method(),
             target=self._url,
             path=self._url,
@@ -654,6 +779,12 @@ class DownstreamProtocol(TwistedProtocol):
             host=None,
             host_header=b"",
         )
+
+    def _answer_refusal(self) -> None:
+        """Answer the refusal through the handler, so that it gets logged, and close."""
+        assert self._refusal is not None
+        head, code, detail = self._refusal
+        self.closing_after_response = True
         req = _Request(head, ended=True)
         self._queue.clear()
         self.current = req

@@ -66,20 +66,27 @@ class _Actions(dict[bytes, int]):
     """Name as received -> action. A spelling not seen yet is lower-cased once and
     remembered (`__missing__`), so a lookup is one dict subscript."""
 
-    __slots__ = ("_by_lower",)
+    __slots__ = ("_by_lower", "_drop_underscores")
 
-    def __init__(self, by_lower: dict[bytes, int]) -> None:
+    def __init__(self, by_lower: dict[bytes, int], *, drop_underscores: bool = False) -> None:
         super().__init__()
         self._by_lower = by_lower
+        self._drop_underscores = drop_underscores
 
     def __missing__(self, name: bytes) -> int:
-        action = self._by_lower.get(name.lower(), KEEP)
+        if self._drop_underscores and b"_" in name:
+            # nginx's default (underscores_in_headers off): CGI-style origins map `_` and `-`
+            # to one name, so `Transfer_Encoding` or `X_Forwarded_For` would reach them as
+            # the header the edge itself writes or strips.
+            action = DROP
+        else:
+            action = self._by_lower.get(name.lower(), KEEP)
         if len(self) < _CACHE_LIMIT:  # a client inventing names cannot grow this
             self[name] = action
         return action
 
 
-REQUEST_ACTIONS = _Actions(_REQUEST)
+REQUEST_ACTIONS = _Actions(_REQUEST, drop_underscores=True)
 RESPONSE_ACTIONS = _Actions(_RESPONSE)
 
 

@@ -247,6 +247,11 @@ class UpstreamConnection(TwistedProtocol):
                 return
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # 101 Switching Protocols: the edge never asks for an upgrade (it drops Upgrade as
+            # hop-by-hop), so what follows is not HTTP we could frame; never reuse it.
+            self._protocol_error("origin switched protocols (101) though no upgrade was asked")
+            return
         except httptools.HttpParserCallbackError as e:
             if isinstance(e.__context__, _HeadersOnly):
                 # HEAD: the head is the whole response. Bytes after it would be a body the

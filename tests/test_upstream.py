@@ -302,8 +302,16 @@ def test_no_body_statuses_complete_at_their_head(response: bytes) -> None:
         b"SSH-2.0-OpenSSH_9.6\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+        b"\x00\x00\x12\x04\x00",
     ],
-    ids=["status-not-a-number", "not-http", "conflicting-length", "bad-chunk-size"],
+    ids=[
+        "status-not-a-number",
+        "not-http",
+        "conflicting-length",
+        "bad-chunk-size",
+        "unasked-101-upgrade",
+    ],
 )
 def test_malformed_response_is_a_protocol_error(response: bytes) -> None:
     """A malformed response fails with origin_protocol_error and the connection is dropped."""
