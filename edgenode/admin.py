@@ -13,8 +13,10 @@ from typing import Any
 import attrs
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -240,35 +242,117 @@ class _CappedRequest(Request):
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if not self._refused:
-            super().requestReceived(command, path, version)
+            # The admin API reads no query. Dropping it here keeps a token put there out of
+            # every log line: ours, and twisted.web's, which print request.uri and repr(request).
+            super().requestReceived(command, path.split(b"?", 1)[0], version)
 
     def _refuse_body(self) -> None:
         self._refused = True
         self.requestHeaders.removeHeader(b"expect")  # or "100 Continue" would follow the 413
-        body = json.dumps({"error": "request_too_large", "limit": MAX_ADMIN_BODY}).encode()
         transport = self.channel.transport if self.channel is not None else None
         if transport is not None:
-            transport.write(
-                b"HTTP/1.1 413 Content Too Large\r\nContent-Type: application/json\r\n"
-                b"Connection: close\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
-            )
+            body = {"error": "request_too_large", "limit": MAX_ADMIN_BODY}
+            transport.write(_raw_error(b"413 Content Too Large", body))
             transport.loseConnection()
         log.info("admin request refused: body above {limit} bytes", limit=MAX_ADMIN_BODY)
 
 
-class AdminSite(Site):
-    """The admin site; its request log goes to the twistd log without any header values."""
+def _raw_error(status: bytes, body: dict[str, Any]) -> bytes:
+    """A whole JSON error response for the transport, for refusals made outside any resource."""
+    payload = json.dumps(body).encode()
+    return (
+        b"HTTP/1.1 %b\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (status, len(payload), payload)
+    )
 
+
+class _AdminChannel(HTTPChannel):
+    """An admin connection that, like nginx and the data port, bounds each request head.
+
+    twisted.web's only timer is an idle one that every byte resets, so a client trickling
+    a head (slowloris) or leaving one half sent held the connection for ever. Here the
+    whole head must arrive within `header_timeout` of the connection opening, or of its
+    first byte on a kept-alive connection (before that, the idle timer runs); if not, 408
+    and close. Line endings must be CRLF: a bare LF gets 400 and close, where twisted.web
+    waited for a CRLF that never came.
+    """
+
+    delimiter = b"\n"  # split at LF, so that a line without its CR can be seen and refused
+    header_timeout = 10.0  # set per connection by AdminSite
+    _head_deadline: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()  # starts the idle timer
+        self._start_head_clock()  # a new connection owes its first head at once
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.line_mode and self._head_deadline is None:
+            self._start_head_clock()  # the next head on a kept-alive connection has begun
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if not line.endswith(b"\r"):
+            self._refuse(b"400 Bad Request", "request head lines must end in CRLF")
+            return
+        super().lineReceived(line[:-1])
+
+    def allHeadersReceived(self) -> None:
+        self._stop_head_clock()
+        super().allHeadersReceived()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._stop_head_clock()
+        super().connectionLost(reason)
+
+    def _start_head_clock(self) -> None:
+        self._head_deadline = self.callLater(self.header_timeout, self._head_timed_out)
+
+    def _stop_head_clock(self) -> None:
+        if self._head_deadline is not None and self._head_deadline.active():
+            self._head_deadline.cancel()
+        self._head_deadline = None
+
+    def _head_timed_out(self) -> None:
+        self._head_deadline = None
+        detail = f"the request head did not arrive within {self.header_timeout:g}s"
+        self.transport.write(
+            _raw_error(b"408 Request Timeout", {"error": "request_timeout", "detail": detail})
+        )
+        self.timeoutConnection()  # close, and abort if the client does not take the 408
+
+    def _refuse(self, status: bytes, detail: str) -> None:
+        self._stop_head_clock()
+        self.transport.write(_raw_error(status, {"error": "bad_request", "detail": detail}))
+        self.loseConnection()
+
+
+class AdminSite(Site):
+    """The admin site; its request log goes to the twistd log with no query or header values.
+
+    Each connection takes the head and idle timeouts of the config running when it
+    opens (`limits.client_header_timeout`, `limits.client_idle_timeout`), as the data
+    port does, so a reload changes them for new admin connections too.
+    """
+
+    protocol = _AdminChannel
     requestFactory = _CappedRequest
 
     def __init__(self, resource: AdminResource) -> None:
         super().__init__(resource, requestFactory=_CappedRequest)
         self.displayTracebacks = False
+        self._holder = resource.holder
+
+    def buildProtocol(self, addr: IAddress | None) -> _AdminChannel:
+        channel: _AdminChannel = super().buildProtocol(addr)
+        limits = self._holder.current.config.limits
+        channel.header_timeout = limits.client_header_timeout
+        channel.timeOut = limits.client_idle_timeout
+        return channel
 
     def log(self, request: Request) -> None:
         log.info(
             "admin {method} {path} -> {code}",
             method=_text(request.method),
-            path=_text(request.uri),
+            path=_text(request.path),
             code=request.code,
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -272,3 +273,140 @@ def test_tokens_and_authorization_values_never_reach_any_log(edge: EdgeProcess):
     assert leaks == []
     for record in edge.access_records():
         assert "authorization" not in json.dumps(record).lower(), record
+
+
+def test_a_token_in_the_query_string_never_reaches_the_log(edge: EdgeProcess):
+    """Tokens sent as query parameters are not written anywhere, whatever the endpoint.
+
+    The admin API reads no query; a client (or a script) that puts the token there
+    anyway must not find it in the twistd log, where the request line used to go whole.
+    HEAD counts too: twisted.web logs the request (with its URI) when HEAD gets a body.
+    """
+    token = str(edge.admin_token)
+    secrets = ["query-secret-0b9e", "access-secret-7c21", "head-secret-d4a8", "nowhere-secret-55f3"]
+    assert edge.admin_request("GET", f"/config?token={secrets[0]}").status == 200
+    assert edge.admin_request("GET", f"/healthz?access_token={secrets[1]}").status == 200
+    assert edge.admin_request("HEAD", f"/config?token={secrets[2]}").status == 200
+    assert edge.admin_request("GET", f"/nowhere?x={secrets[3]}", token=None).status == 401
+    assert edge.admin_request("GET", f"/config?token={token}", token=None).status == 401
+    assert edge.stop() == 0
+
+    log = edge.log_text()
+    leaks = [secret for secret in [*secrets, token] if secret in log]
+    assert leaks == []
+    assert "admin GET /config -> 200" in log and "admin HEAD /config -> 200" in log
+    assert "?" not in "".join(line for line in log.splitlines() if " admin " in line)
+
+
+# -- slow, idle and malformed heads ------------------------------------------------------
+
+HEADER_TIMEOUT = 1.0  # limits.client_header_timeout for these tests
+IDLE_TIMEOUT = 2.0  # limits.client_idle_timeout
+CLOSED_WITHIN = 15.0  # a generous bound: the edge must close well before this
+
+
+@pytest.fixture
+def quick_edge(edge_factory: EdgeFactory, pki: PKI, origin: TLSOrigin) -> EdgeProcess:
+    config = admin_config(pki, origin)
+    config["limits"] = {
+        "client_header_timeout": HEADER_TIMEOUT,
+        "client_idle_timeout": IDLE_TIMEOUT,
+    }
+    return edge_factory(config)
+
+
+def _until_closed(
+    port: int, data: bytes, *, trickle: bytes = b"", every: float = 0.25
+) -> tuple[bytes, bool, float]:
+    """Send `data`, then one byte of `trickle` every `every` seconds, and read.
+
+    Returns what arrived, whether the edge closed the connection within CLOSED_WITHIN
+    seconds, and how long that took.
+    """
+    start = time.monotonic()
+    chunks = []
+    with socket.create_connection((LOOPBACK, port), timeout=5) as sock:
+        sock.sendall(data)
+        sock.settimeout(every)
+        pending = trickle
+        while time.monotonic() - start < CLOSED_WITHIN:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                if pending:
+                    try:
+                        sock.sendall(pending[:1])
+                    except OSError:  # the edge closed while we were still sending
+                        return b"".join(chunks), True, time.monotonic() - start
+                    pending = pending[1:]
+                continue
+            except ConnectionResetError:
+                return b"".join(chunks), True, time.monotonic() - start
+            if not chunk:
+                return b"".join(chunks), True, time.monotonic() - start
+            chunks.append(chunk)
+    return b"".join(chunks), False, time.monotonic() - start
+
+
+@pytest.mark.parametrize(
+    ("data", "trickle"),
+    [
+        (b"", b""),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b""),
+        (b"GET /healthz HTTP/1.1\r\n", b"X-Slow: " + b"a" * 200),
+    ],
+    ids=["silent", "partial-head", "trickled-head"],
+)
+def test_a_head_that_does_not_arrive_in_time_gets_408_and_close(
+    quick_edge: EdgeProcess, data: bytes, trickle: bytes
+):
+    """A head not complete within client_header_timeout of the connection opening: 408, closed.
+
+    Trickling a byte every quarter second does not help: the deadline is not reset by
+    data, unlike an idle timer.
+    """
+    answer, closed, took = _until_closed(admin_port(quick_edge), data, trickle=trickle)
+    print(f"closed={closed} after {took:.2f}s; answer {answer[:60]!r}")
+    assert closed, f"the edge still held the connection after {took:.1f}s"
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert took >= HEADER_TIMEOUT * 0.9
+    assert quick_edge.admin_request("GET", "/healthz", token=None).status == 200
+
+
+def test_a_slow_head_on_a_kept_alive_connection_gets_408(quick_edge: EdgeProcess):
+    """After one answered request, the next head has its own deadline from its first byte."""
+    first = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer, closed, took = _until_closed(
+        admin_port(quick_edge),
+        first + b"G",
+        trickle=b"ET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 200,
+    )
+    assert closed, f"the edge still held the connection after {took:.1f}s"
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert answer.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 408" in answer, answer
+
+
+def test_an_idle_kept_alive_connection_is_closed_quietly(quick_edge: EdgeProcess):
+    """After a response, client_idle_timeout of silence ends the connection with no reply."""
+    first = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer, closed, took = _until_closed(admin_port(quick_edge), first)
+    assert closed, f"the edge still held the connection after {took:.1f}s"
+    assert took >= IDLE_TIMEOUT * 0.9
+    assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1 ") == 1, answer
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET /healthz HTTP/1.1\nHost: x\n\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\n",
+    ],
+    ids=["all-bare-lf", "one-header", "blank-line"],
+)
+def test_bare_lf_line_endings_get_400_and_close(edge: EdgeProcess, data: bytes):
+    """A head with LF line endings (no CR) is refused at once, as the data port does."""
+    answer, closed, took = _until_closed(admin_port(edge), data)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert closed, f"the edge still held the connection after {took:.1f}s"
+    assert took < 5, f"the 400 took {took:.1f}s: it waited for a timeout"
