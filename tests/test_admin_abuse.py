@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.support.edge import EdgeProcess
-from tests.support.net import LOOPBACK
+from tests.support.net import LOOPBACK, read_until_close
 from tests.support.origin import TLSOrigin
 from tests.support.pki import PKI
 from tests.test_proxy_http import _rss_bytes as rss_bytes
@@ -202,16 +202,7 @@ def test_path_traversal_to_reload_reloads_nothing(edge: EdgeProcess):
 def _raw_admin(edge: EdgeProcess, data: bytes) -> bytes:
     with socket.create_connection((LOOPBACK, admin_port(edge)), timeout=5) as sock:
         sock.sendall(data)
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except (TimeoutError, ConnectionResetError):
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
+        return read_until_close(sock, time.monotonic() + 5)
 
 
 def test_tokens_and_authorization_values_never_reach_any_log(edge: EdgeProcess):

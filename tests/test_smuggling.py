@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.edge import EdgeProcess
-from tests.support.net import LOOPBACK
+from tests.support.net import LOOPBACK, read_until_close
 from tests.support.origin import Servers
 from tests.support.pki import PKI
 from tests.support.recorder import RecordingOrigin
@@ -157,21 +157,7 @@ def exchange(edge: EdgeProcess, pieces: list[bytes], timeout: float = 10.0) -> b
             except (BrokenPipeError, ConnectionResetError):
                 break  # the edge closed on an earlier request: what it answered is read below
             time.sleep(0.002)
-        return _read_until_close(sock, time.monotonic() + timeout)
-
-
-def _read_until_close(sock: socket.socket, deadline: float) -> bytes:
-    chunks = []
-    while (left := deadline - time.monotonic()) > 0:
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(65536)
-        except (TimeoutError, ConnectionResetError):
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
+        return read_until_close(sock, time.monotonic() + timeout)
 
 
 def wait_for(predicate: Any, timeout: float = 5.0) -> None:
@@ -524,7 +510,7 @@ def test_origin_sees_exactly_the_requests_the_edge_accepted(
                     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                         sock.sendall(pieces[step])
             time.sleep(0.002)
-        received = [_read_until_close(sock, time.monotonic() + 10) for sock in socks]
+        received = [read_until_close(sock, time.monotonic() + 10) for sock in socks]
     finally:
         for sock in socks:
             sock.close()

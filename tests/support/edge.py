@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 import yaml
 
-from .net import LOOPBACK, free_port, wait_for_port
+from .net import LOOPBACK, free_port, read_until_close, wait_for_port
 
 # twistd has no `python -m` entry point; this runs the same thing as the console script.
 _TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
@@ -264,23 +264,11 @@ class EdgeProcess:
     def raw(self, data: bytes, timeout: float = 5.0, *, half_close: bool = False) -> bytes:
         """Send raw bytes on a new connection; return what arrives until close or `timeout`."""
         deadline = time.monotonic() + timeout
-        chunks = []
         with socket.create_connection((LOOPBACK, self.port), timeout=timeout) as sock:
             sock.sendall(data)
             if half_close:
                 sock.shutdown(socket.SHUT_WR)
-            while (left := deadline - time.monotonic()) > 0:
-                sock.settimeout(left)
-                try:
-                    chunk = sock.recv(65536)
-                except TimeoutError:
-                    break
-                except ConnectionResetError:
-                    break
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        return b"".join(chunks)
+            return read_until_close(sock, deadline)
 
     def admin_request(
         self,

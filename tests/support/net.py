@@ -1,4 +1,5 @@
-"""Loopback ports for test servers: picking a free one and waiting, bounded, until one accepts."""
+"""Loopback ports for test servers: picking a free one, waiting, bounded, until one accepts,
+and reading what a server sends until it closes."""
 
 from __future__ import annotations
 
@@ -53,3 +54,19 @@ def wait_for_port(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"nothing accepted connections on {host}:{port} within {timeout}s")
         time.sleep(interval)
+
+
+def read_until_close(sock: socket.socket, deadline: float) -> bytes:
+    """Everything `sock` receives until the peer closes or resets it, or `deadline` passes
+    (a time.monotonic() value)."""
+    chunks = []
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except (TimeoutError, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
