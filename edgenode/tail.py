@@ -411,7 +411,6 @@ class LogSummary:
         self.total = _Counts(latency_samples)
         self.domains: dict[str, _Counts] = {}
         self.failures: dict[tuple[str, str | None, str | None, str], list[Any]] = {}
-        self.failures_dropped = 0
         self.recent: collections.deque[RecentError] = collections.deque(maxlen=RECENT_ERRORS)
         self.records = 0
         self.unparsable = 0  # lines that are not access-log records (counted by the caller)
@@ -467,9 +466,7 @@ class LogSummary:
             group = self.failures.get(key)
             if group is None and len(self.failures) < MAX_FAILURE_GROUPS:
                 group = self.failures[key] = [0, None, None]
-            if group is None:
-                self.failures_dropped += 1
-            else:
+            if group is not None:  # beyond MAX_FAILURE_GROUPS a new group is not counted
                 group[0] += 1
                 group[1] = ts
                 group[2] = detail

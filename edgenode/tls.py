@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 from cryptography import x509
@@ -100,12 +100,6 @@ class CertFacts:
             "not_after": self.not_after,
             "sha256": self.sha256,
         }
-
-
-class TLSObserver(Protocol):
-    """The protocol a TLS connection is made for; the creator hands it the connection facts."""
-
-    tls: ConnectionTLS | None
 
 
 @attrs.define
@@ -297,9 +291,6 @@ class OriginTLSCreator:
         session = conn.get_session()
         if session is not None:
             self._session = session
-
-    def forget_session(self) -> None:
-        self._session = None
 
     def _verify_callback(self, facts: ConnectionTLS) -> Any:
         service_id = self._service_id
