@@ -199,8 +199,7 @@ def admin_address(listen: str) -> tuple[str, int]:
     return host, port
 
 
-# The registered subcommands, in the order `--help` lists them. `tail`, `reload` and
-# `probe` (SPEC §2) are added here as they are written.
+# The registered subcommands (SPEC §2), in the order `--help` lists them.
 COMMANDS: tuple[Callable[[Subcommands], None], ...] = (
     add_check_command,
     add_tail_command,

@@ -1,8 +1,9 @@
 """`edgenode probe`: one TLS handshake with each origin of a domain, explained (SPEC §2).
 
-The probe connects exactly as the edge does (the route's `OriginTLSCreator`: same trust
-profile, SNI, verify name and verify callback; TCP connect then `TLSMemoryBIOFactory`),
-stops after the handshake without sending a request, and reports per origin what the
+The probe makes the edge's handshake (the route's `OriginTLSCreator`: same trust
+profile, SNI, verify name and verify callback) over Twisted's `TLSMemoryBIOFactory`
+rather than the data path's own transport (origintls.py), which the verdict does not
+depend on. It stops after the handshake without sending a request, and reports per origin what the
 origin presented and the verdict the edge would reach, in the edge's error codes
 (SPEC §4), with a hint an operator can act on. A failed verification still reports the
 certificate: the verify callback records its facts before it fails the handshake.

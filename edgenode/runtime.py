@@ -24,7 +24,9 @@ class DomainRuntime:
 
 @attrs.frozen
 class Runtime:
-    """Everything a request needs, immutable; a request reads it once, at its start."""
+    """Everything a request needs; a request reads it once, at its start. A reload swaps in a
+    new one: the config and the routing are never changed in place (the balancers' turn
+    counters and the routes' TLS session caches are the only state that moves)."""
 
     config: Config
     generation: int

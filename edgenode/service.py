@@ -1,4 +1,5 @@
-"""twistd `Options` and `makeService`: the only module that touches the global reactor."""
+"""twistd `Options` and `makeService`: the only module of the edge that touches the global
+reactor (the command-line tools run theirs through `task.react`)."""
 
 from __future__ import annotations
 
