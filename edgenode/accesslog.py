@@ -146,6 +146,7 @@ class AccessLog:
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._flusher: LoopingCall | None = None
+        self._clock: Any = None  # the reactor, from start(): the flusher's and the reports' time
         self.lines_lost = 0  # lines a failed write took (disk full, I/O error)
         self._unreported = 0
         self._next_loss_report = 0.0
@@ -163,6 +164,7 @@ class AccessLog:
 
     def start(self, clock: Any) -> None:
         """Flush at least every FLUSH_SECONDS on `clock` (the reactor)."""
+        self._clock = clock
         self._flusher = LoopingCall(self.flush)
         self._flusher.clock = clock
         self._flusher.start(self.FLUSH_SECONDS, now=False)
@@ -197,7 +199,7 @@ class AccessLog:
 
     def _lost(self, lines: int, error: OSError) -> None:
         self.lines_lost += lines
-        now = time.monotonic()
+        now = self._clock.seconds() if self._clock is not None else time.monotonic()
         if now < self._next_loss_report:
             self._unreported += lines
             return

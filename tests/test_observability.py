@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 
-from edgenode.accesslog import FIELDS
+from edgenode.accesslog import FIELDS, AccessLog, AccessRecord
 from tests.support.origin import TLSOrigin
 from tests.support.pki import PKI
 
@@ -153,8 +157,34 @@ def test_a_full_disk_loses_access_log_lines_not_requests(edge_factory, pki, orig
     assert "access log /dev/full: 5 lines lost (OSError: No space left on device)" in text
     for _ in range(5):
         assert edge.request("GET", "/", host="b.test").status == 200
-    time.sleep(1.5)  # the next flush fails too, and is not reported again within a minute
     assert edge.log_text().count("lines lost") == 1
+
+
+def test_lost_access_log_lines_are_reported_at_most_once_a_minute() -> None:
+    """Each failed flush costs its lines; the twistd log hears of them once a minute, with
+    the count of every line lost since the last report (the reactor's clock, not the wall's)."""
+    clock = Clock()
+    access_log = AccessLog(Path("/dev/full"))
+    access_log.start(clock)
+    reports: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        text = formatEvent(event)
+        if "lines lost" in text:
+            reports.append(text)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        for seconds in (0.0, 30.0, 29.0, 2.0):
+            clock.advance(seconds)
+            for i in range(3):
+                access_log.write(AccessRecord(f"id{i}", "127.0.0.1", "GET", "a.test", "/", 0.0, 1))
+            access_log.flush()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        access_log.close()
+    assert access_log.lines_lost == 12
+    assert [re.search(r"(\d+) lines lost", r).group(1) for r in reports] == ["3", "9"]
 
 
 def test_metrics_parse_and_move(edge_factory, pki, origin) -> None:
