@@ -41,8 +41,9 @@ from twisted.logger import Logger
 
 from edgenode.accesslog import AccessRecord
 from edgenode.errors import ErrorCode, OriginError
+from edgenode.routes import OriginRoute, server_label
 from edgenode.tls import CertFacts
-from edgenode.upstream import OriginPool, OriginRoute
+from edgenode.upstream import OriginPool
 
 log = Logger()
 
@@ -187,12 +188,12 @@ def _request_labels(key: tuple[str, str]) -> tuple[str, ...]:
 
 def _attempt_labels(key: tuple[str, str, int, str]) -> tuple[str, ...]:
     domain, address, port, outcome = key
-    return (domain, _label(address, port), outcome)
+    return (domain, server_label(address, port), outcome)
 
 
 def _reused_labels(key: tuple[str, str, int]) -> tuple[str, ...]:
     domain, address, port = key
-    return (domain, _label(address, port))
+    return (domain, server_label(address, port))
 
 
 Process = Literal["single", "supervisor", "worker"]
@@ -513,9 +514,9 @@ class _PoolCollector:
             "edgenode_origin_connections_idle", "Idle pooled origin connections", labels=["origin"]
         )
         for (address, port), count in sorted(self.pool.open_by_server().items()):
-            open_.add_metric([_label(address, port)], count)
+            open_.add_metric([server_label(address, port)], count)
         for (address, port), count in sorted(self.pool.idle_by_server().items()):
-            idle.add_metric([_label(address, port)], count)
+            idle.add_metric([server_label(address, port)], count)
         yield open_
         yield idle
 
@@ -546,14 +547,10 @@ class _PoolGauges:
             ("open", self.open, self.pool.open_by_server()),
             ("idle", self.idle, self.pool.idle_by_server()),
         ):
-            now = {_label(address, port): n for (address, port), n in counts.items()}
+            now = {server_label(address, port): n for (address, port), n in counts.items()}
             known = self._known[which]
             for label in known - now.keys():  # gone from the pool: a file keeps the last value
                 gauge.labels(label).set(0)
             for label, n in now.items():
                 gauge.labels(label).set(n)
             known |= now.keys()
-
-
-def _label(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"

@@ -34,6 +34,7 @@ from zope.interface import implementer
 from edgenode.config import Config, Domain, load_config
 from edgenode.errors import ConfigError, ErrorCode, OriginError
 from edgenode.hostnames import normalize_hostname, validate_sni
+from edgenode.routes import server_label
 from edgenode.runtime import build_runtime
 from edgenode.tls import CertFacts, ConnectionTLS, OriginTLSCreator
 from edgenode.upstream import connect_failure, setup_failure
@@ -83,8 +84,7 @@ class ProbeTarget:
 
     @property
     def label(self) -> str:
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{host}:{self.port}"
+        return server_label(self.address, self.port)
 
 
 @attrs.frozen

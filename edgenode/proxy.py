@@ -32,8 +32,9 @@ from edgenode.downstream import ClientStream, RequestHead
 from edgenode.errors import ErrorCode, OriginError
 from edgenode.headers import client_response_lines, origin_request_head
 from edgenode.monitor import Monitor
+from edgenode.routes import OriginRoute
 from edgenode.runtime import DomainRuntime, RuntimeHolder
-from edgenode.upstream import OriginPool, OriginRoute, StaleConnection, UpstreamConnection
+from edgenode.upstream import OriginPool, StaleConnection, UpstreamConnection
 
 log = Logger()
 

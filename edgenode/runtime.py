@@ -8,8 +8,8 @@ from types import MappingProxyType
 import attrs
 
 from edgenode.config import Config, Domain, Origin
+from edgenode.routes import Balancer, OriginRoute
 from edgenode.tls import OriginTLSCreator, TrustProfile
-from edgenode.upstream import Balancer, OriginRoute
 
 
 @attrs.frozen

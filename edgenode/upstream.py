@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import collections
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
@@ -35,50 +35,14 @@ from edgenode.headers import (
     Headers,
 )
 from edgenode.origintls import OriginTLSFactory
-from edgenode.tls import ConnectionTLS, OriginTLSCreator
+from edgenode.routes import OriginRoute
+from edgenode.tls import ConnectionTLS
 
 MAX_RESPONSE_HEAD_BYTES = 65536
 
 
 class StaleConnection(OriginError):
     """A reused pooled connection closed before any response byte arrived."""
-
-
-@attrs.frozen
-class OriginRoute:
-    """How to reach one origin for one domain: address plus the whole TLS identity."""
-
-    address: str
-    port: int
-    tls: bool
-    sni: str | None
-    verify_name: str
-    verify: bool
-    trust_id: str
-    min_tls: str
-    idle_timeout: float = attrs.field(eq=False, default=60.0)
-    creator: OriginTLSCreator | None = attrs.field(eq=False, default=None, repr=False)
-    # Derived once, read per request.
-    pool_key: tuple[object, ...] = attrs.field(init=False, eq=False, repr=False)
-    server: tuple[str, int] = attrs.field(init=False, eq=False, repr=False)
-    label: str = attrs.field(init=False, eq=False, repr=False)
-
-    def __attrs_post_init__(self) -> None:
-        # Everything that makes two connections non-interchangeable.
-        key = (
-            self.address,
-            self.port,
-            self.tls,
-            self.sni,
-            self.verify_name,
-            self.verify,
-            self.trust_id,
-            self.min_tls,
-        )
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        object.__setattr__(self, "pool_key", key)
-        object.__setattr__(self, "server", (self.address, self.port))
-        object.__setattr__(self, "label", f"{host}:{self.port}")
 
 
 class ResponseListener(Protocol):
@@ -682,40 +646,3 @@ def _noop() -> None:
 def _abandon(conn: UpstreamConnection) -> None:
     """The requester gave up while this connection was being set up."""
     conn._waiter = None
-
-
-class Balancer:
-    """Priority groups, each served by smooth weighted round robin (as nginx does)."""
-
-    def __init__(self, routes: Sequence[tuple[int, int, OriginRoute]]) -> None:
-        groups: dict[int, list[tuple[int, OriginRoute]]] = {}
-        for priority, weight, route in routes:
-            groups.setdefault(priority, []).append((weight, route))
-        self._groups = [groups[p] for p in sorted(groups)]
-        self._current = [[0] * len(g) for g in self._groups]
-        # The common case, one origin per priority, has one fixed order.
-        self._fixed = (
-            tuple(g[0][1] for g in self._groups) if all(len(g) == 1 for g in self._groups) else None
-        )
-
-    def plan(self) -> list[OriginRoute]:
-        """Every origin once, in the order to try them for one request."""
-        if self._fixed is not None:
-            return list(self._fixed)
-        order: list[OriginRoute] = []
-        for group, current in zip(self._groups, self._current, strict=True):
-            if len(group) == 1:
-                order.append(group[0][1])
-                continue
-            total = 0
-            best = 0
-            for i, (weight, _) in enumerate(group):
-                current[i] += weight
-                total += weight
-                if current[i] > current[best]:
-                    best = i
-            current[best] -= total
-            order.append(group[best][1])
-            rest = sorted((i for i in range(len(group)) if i != best), key=lambda i: -current[i])
-            order.extend(group[i][1] for i in rest)
-        return order

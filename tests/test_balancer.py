@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 
-from edgenode.upstream import Balancer, OriginRoute
+from edgenode.routes import Balancer, OriginRoute
 
 
 def route(address: str) -> OriginRoute:

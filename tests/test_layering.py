@@ -19,6 +19,7 @@ ORDER = [
     "socketwriter",
     "tls",
     "origintls",
+    "routes",
     "upstream",
     "downstream",
     "runtime",

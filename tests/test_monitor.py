@@ -22,7 +22,7 @@ from twisted.internet.task import Clock
 from edgenode.accesslog import AccessRecord
 from edgenode.errors import ErrorCode, OriginError
 from edgenode.monitor import DURATION_BUCKETS, Monitor
-from edgenode.upstream import OriginRoute
+from edgenode.routes import OriginRoute
 from edgenode.workers import WorkerMetrics
 
 ROOT = Path(__file__).resolve().parent.parent

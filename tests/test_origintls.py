@@ -29,9 +29,10 @@ from zope.interface import implementer
 from edgenode.errors import ErrorCode, OriginError
 from edgenode.headers import Headers
 from edgenode.origintls import OriginTLSProtocol
+from edgenode.routes import OriginRoute
 from edgenode.socketwriter import HIGH_WATER
 from edgenode.tls import OriginTLSCreator, TrustProfile
-from edgenode.upstream import OriginPool, OriginRoute, UpstreamConnection
+from edgenode.upstream import OriginPool, UpstreamConnection
 from tests.support.faults import ResetOnFirstBytes, Silent
 from tests.support.origin import Servers, SNIServerTLS, TLSOrigin, in_reactor, pattern
 from tests.support.pki import PKI
