@@ -23,11 +23,11 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from edgenode.accesslog import AccessLog
 from edgenode.config import config_from_mapping
-from edgenode.downstream import DownstreamFactory
-from edgenode.monitor import Monitor
-from edgenode.proxy import Proxy
+from edgenode.datapath.downstream import DownstreamFactory
+from edgenode.datapath.monitor import Monitor
+from edgenode.datapath.proxy import Proxy
+from edgenode.datapath.upstream import OriginPool
 from edgenode.runtime import RuntimeHolder, build_runtime
-from edgenode.upstream import OriginPool
 
 REQUEST = (
     b"GET /1k HTTP/1.1\r\nHost: bench.test\r\nUser-Agent: wrk\r\nAccept: */*\r\n"

@@ -573,7 +573,7 @@ class Bench:
                 [
                     sys.executable,
                     "-c",
-                    "import sys; from edgenode.cli import main; sys.exit(main())",
+                    "import sys; from edgenode.tools.cli import main; sys.exit(main())",
                     "check",
                     str(config_path),
                 ],

@@ -3,11 +3,11 @@
     python bench/tail_bench.py [--lines 200000] [--rates 5000,20000,50000] [--seconds 10]
 
 1. `--once`: N realistic access-log lines (written by `AccessRecord.to_json_line`, the
-   edge's own writer) are summarised through `edgenode.cli.main(["tail", "--once", ...])`,
+   edge's own writer) are summarised through `edgenode.tools.cli.main(["tail", "--once", ...])`,
    the command's own code path, and again with `--json --status 5xx`; prints lines/s.
 2. Follow mode: a writer thread appends lines at a fixed rate, rotates the file
    halfway (`mv` + a new file, as the edge does on SIGUSR1), while the follower runs
-   `edgenode.tail.follow` with the live view rendered every second to a throw-away
+   `edgenode.tools.tail.follow` with the live view rendered every second to a throw-away
    console. Reports whether every line was seen exactly once and the lag from the
    write to the line being counted (p50/p99/max), and how much the process's resident
    memory grew while following (the benchmark's own bookkeeping is allocated first).
@@ -35,8 +35,8 @@ from typing import Any
 from rich.console import Console
 
 from edgenode.accesslog import AccessRecord
-from edgenode.cli import main
-from edgenode.tail import Follower, LogSummary, Rates, RecordFilter, Tail, follow, live_view
+from edgenode.tools.cli import main
+from edgenode.tools.tail import Follower, LogSummary, Rates, RecordFilter, Tail, follow, live_view
 
 DOMAINS = ["www.example.com", "img.example.com", "api.example.com", "static.example.net"]
 ORIGINS = {

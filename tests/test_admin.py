@@ -284,7 +284,10 @@ def test_sighup_with_bad_config_logs_the_problems(edge_factory, pki, origin) -> 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "edgenode.cli", *args], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "edgenode.tools.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 

@@ -1,4 +1,4 @@
-"""Tests for edgenode.upstream.Balancer: priority groups with smooth weighted round robin."""
+"""Tests for edgenode.routes.Balancer: priority groups with smooth weighted round robin."""
 
 from __future__ import annotations
 

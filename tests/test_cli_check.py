@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgenode.cli import main
+from edgenode.tools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "etc" / "edgenode.yaml"
@@ -88,9 +88,9 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_module_runs_as_a_script() -> None:
-    """`python -m edgenode.cli check etc/edgenode.yaml` works from the project root."""
+    """`python -m edgenode.tools.cli check etc/edgenode.yaml` works from the project root."""
     result = subprocess.run(
-        [sys.executable, "-m", "edgenode.cli", "check", "etc/edgenode.yaml"],
+        [sys.executable, "-m", "edgenode.tools.cli", "check", "etc/edgenode.yaml"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -15,14 +15,14 @@ import attrs
 import pytest
 from twisted.python import usage
 
-from edgenode.demo import (
+from edgenode.control.demo import (
     DEFAULT_VHOST,
     announcement,
     demo_config,
     log_reaches_stdout,
     make_pki,
 )
-from edgenode.service import Options
+from edgenode.control.service import Options
 from tests.support.edge import EdgeProcess
 from tests.support.net import LOOPBACK, free_port, port_accepts
 

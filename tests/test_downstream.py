@@ -1,4 +1,4 @@
-"""Tests for edgenode.downstream: the client-facing HTTP/1.1 protocol over an in-memory transport.
+"""Tests for edgenode.datapath.downstream: the client-facing HTTP/1.1 protocol, in memory.
 
 The handler is the fake at the edge: it records what the protocol hands it and answers
 through the real ClientStream, the way proxy.Proxy does.
@@ -16,7 +16,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from edgenode.config import Limits
-from edgenode.downstream import (
+from edgenode.datapath.downstream import (
     ClientStream,
     DownstreamFactory,
     DownstreamProtocol,

@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 
 from edgenode.config import Limits
-from edgenode.downstream import ClientStream, RequestHead
+from edgenode.datapath.downstream import ClientStream, RequestHead
+from edgenode.datapath.headers import DROP, REQUEST_ACTIONS, scan_request
 from edgenode.errors import ErrorCode
-from edgenode.headers import DROP, REQUEST_ACTIONS, scan_request
 from tests.test_downstream import HOST, Client, RecordingHandler, RecordingSink, status_lines
 
 SMUGGLED = b"GET /SMUGGLED HTTP/1.1\r\n" + HOST + b"\r\n"

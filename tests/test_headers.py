@@ -1,8 +1,8 @@
-"""Tests for edgenode.headers: hop-by-hop and forwarding-header policy (RFC 9110 §7.6)."""
+"""Tests for edgenode.datapath.headers: hop-by-hop and forwarding-header policy (RFC 9110 §7.6)."""
 
 from __future__ import annotations
 
-from edgenode.headers import (
+from edgenode.datapath.headers import (
     HOP_BY_HOP,
     client_response_lines,
     message_head,

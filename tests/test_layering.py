@@ -1,4 +1,14 @@
-"""The import direction of STYLE.md §1: no edgenode module imports one to its right in the flow."""
+"""The import direction of the house: one rule per package, data flowing one way.
+
+    edgenode            values and state: errors, hostnames, config, tls, routes, runtime,
+                        accesslog (config -> runtime state)
+    edgenode.datapath   the protocols on both sides and the exchange between them
+    edgenode.control    running it: the twistd service, workers, admin site, demo
+    edgenode.tools      the operator's command line
+
+A module imports only modules of its own package or of a package above it in this list
+(the core's modules only each other). New modules get their rule from their package.
+"""
 
 from __future__ import annotations
 
@@ -9,80 +19,54 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "edgenode"
 
-# The flow, left to right (STYLE.md §1); a module may import only modules before it.
-ORDER = [
-    "errors",
-    "hostnames",
-    "headers",
-    "accesslog",
-    "config",
-    "socketwriter",
-    "tls",
-    "origintls",
-    "routes",
-    "upstream",
-    "downstream",
-    "runtime",
-    "monitor",
-    "proxy",
-    "admin",
-    "tail",
-    "probe",
-    "demo",
-    "cli",
-    "workers",
-    "service",
-]
-
-# What STYLE.md §1 spells out, checked name by name.
-FORBIDDEN = {
-    "errors": {"hostnames", "config", "tls", "runtime", "proxy", "upstream", "downstream"},
-    "hostnames": {"config", "tls", "runtime", "proxy", "upstream", "downstream"},
-    "config": {"tls", "runtime", "proxy", "upstream", "downstream", "service", "admin"},
-    "headers": {"config", "tls", "runtime", "proxy", "upstream", "downstream"},
-    "tls": {"runtime", "proxy", "upstream", "downstream", "service"},
-    "upstream": {"proxy", "downstream", "service", "runtime", "admin"},
-    "downstream": {"upstream", "proxy", "runtime", "tls", "service", "admin"},
-    "accesslog": {"config", "runtime", "proxy", "upstream", "downstream", "tls"},
-    "runtime": {"proxy", "downstream", "service", "admin"},
-    "proxy": {"service", "admin", "cli"},
+# Each package and the packages it may import from (itself included).
+LAYERS = {
+    "edgenode": {"edgenode"},
+    "edgenode.datapath": {"edgenode", "edgenode.datapath"},
+    "edgenode.control": {"edgenode", "edgenode.datapath", "edgenode.control"},
+    "edgenode.tools": {"edgenode", "edgenode.datapath", "edgenode.control", "edgenode.tools"},
 }
 
 
 def modules() -> list[str]:
-    return sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+    """Every module of the project, dotted (`edgenode.datapath.proxy`)."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        if parts[-1] != "__init__":
+            found.append(".".join(parts))
+    return found
+
+
+def package_of(module: str) -> str:
+    return module.rsplit(".", 1)[0]
 
 
 def edgenode_imports(module: str) -> set[str]:
-    """The edgenode modules `module` imports, anywhere in its file."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text(), filename=f"{module}.py")
+    """The edgenode modules and packages `module` imports, anywhere in its file, dotted."""
+    path = PACKAGE.parent / (module.replace(".", "/") + ".py")
+    tree = ast.parse(path.read_text(), filename=str(path))
+    here = package_of(module)
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            for alias in node.names:
-                parts = alias.name.split(".")
-                if parts[0] == "edgenode" and len(parts) > 1:
-                    found.add(parts[1])
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            parts = node.module.split(".")
-            if parts[0] != "edgenode":
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "edgenode")
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = here.split(".")[: len(here.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            if base.split(".")[0] != "edgenode":
                 continue
-            if len(parts) > 1:
-                found.add(parts[1])
-            else:
-                found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level > 0:
-            if node.module:
-                found.add(node.module.split(".")[0])
-            else:
-                found.update(alias.name for alias in node.names)
-    return found
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return {name for name in found if name in set(modules()) | set(LAYERS)}
 
 
 def imports_of_reactor(module: str) -> bool:
     """Whether `module` imports the global reactor (`twisted.internet.reactor`)."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
-    for node in ast.walk(tree):
+    path = PACKAGE.parent / (module.replace(".", "/") + ".py")
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             if any(a.name == "twisted.internet.reactor" for a in node.names):
                 return True
@@ -94,36 +78,32 @@ def imports_of_reactor(module: str) -> bool:
     return False
 
 
-def test_every_module_has_a_place_in_the_flow() -> None:
-    """A new module must be placed in ORDER, so its imports are checked too."""
-    assert set(modules()) <= set(ORDER), set(modules()) - set(ORDER)
+def test_every_module_lives_in_a_known_package() -> None:
+    assert {package_of(m) for m in modules()} <= set(LAYERS)
 
 
 @pytest.mark.parametrize("module", modules())
-def test_module_imports_only_modules_to_its_left(module: str) -> None:
-    """No edgenode module imports one that comes after it in the flow of STYLE.md §1."""
-    if module not in ORDER:
-        pytest.fail(f"edgenode/{module}.py has no place in ORDER")
-    position = ORDER.index(module)
-    later = {m for m in edgenode_imports(module) if m in ORDER and ORDER.index(m) > position}
-    assert later == set(), f"{module} imports {sorted(later)}, which depend on it"
+def test_module_imports_only_its_package_and_those_above(module: str) -> None:
+    allowed = LAYERS[package_of(module)]
+    wrong = {
+        m for m in edgenode_imports(module) if (m if m in LAYERS else package_of(m)) not in allowed
+    }
+    assert wrong == set(), f"{module} imports {sorted(wrong)}, against the flow"
 
 
-@pytest.mark.parametrize("module", sorted(FORBIDDEN))
-def test_module_avoids_the_imports_style_forbids(module: str) -> None:
-    """The pairs STYLE.md §1 rules out by name never appear."""
-    if not (PACKAGE / f"{module}.py").exists():
-        pytest.fail(f"edgenode/{module}.py is gone; update FORBIDDEN")
-    assert edgenode_imports(module) & FORBIDDEN[module] == set()
-
-
-def test_only_service_imports_the_global_reactor() -> None:
-    """twisted.internet.reactor is imported by service.py and no other edgenode module."""
+def test_only_the_service_imports_the_global_reactor() -> None:
+    """twisted.internet.reactor is imported by the twistd service and no other module."""
     importers = {m for m in modules() if imports_of_reactor(m)}
-    assert importers <= {"service"}
+    assert importers <= {"edgenode.control.service"}
 
 
 def test_the_import_parser_sees_imports() -> None:
-    """The checker itself finds proxy's imports (so the tests above can fail)."""
-    assert {"upstream", "downstream", "runtime", "headers"} <= edgenode_imports("proxy")
-    assert imports_of_reactor("service")
+    """The checker itself finds imports of every form (so the tests above can fail)."""
+    assert {
+        "edgenode.datapath.upstream",
+        "edgenode.datapath.downstream",
+        "edgenode.runtime",
+        "edgenode.datapath.headers",
+    } <= edgenode_imports("edgenode.datapath.proxy")
+    assert "edgenode.control.demo" in edgenode_imports("edgenode.control.service")
+    assert imports_of_reactor("edgenode.control.service")

@@ -1,4 +1,4 @@
-"""edgenode.monitor's per-request counts: exact in a single process's /metrics at scrape
+"""edgenode.datapath.monitor's per-request counts: exact in a single process's /metrics at scrape
 time, as prometheus-client's own metrics showed them; and, published by workers into
 multiprocess files, the same families with the same numbers in the supervisor's /metrics.
 """
@@ -20,10 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 
 from edgenode.accesslog import AccessRecord
+from edgenode.control.workers import WorkerMetrics
+from edgenode.datapath.monitor import DURATION_BUCKETS, Monitor
 from edgenode.errors import ErrorCode, OriginError
-from edgenode.monitor import DURATION_BUCKETS, Monitor
 from edgenode.routes import OriginRoute
-from edgenode.workers import WorkerMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Tests for edgenode.origintls: the TLS client transport under each origin connection.
+"""Tests for edgenode.datapath.origintls: the TLS client transport under each origin connection.
 
 Two layers. Against real in-process TLS origins (the reactor thread), through the
 OriginPool as the edge uses it: SNI and certificates, large uploads and downloads,
@@ -26,13 +26,13 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from edgenode.datapath.headers import Headers
+from edgenode.datapath.origintls import OriginTLSProtocol
+from edgenode.datapath.socketwriter import HIGH_WATER
+from edgenode.datapath.upstream import OriginPool, UpstreamConnection
 from edgenode.errors import ErrorCode, OriginError
-from edgenode.headers import Headers
-from edgenode.origintls import OriginTLSProtocol
 from edgenode.routes import OriginRoute
-from edgenode.socketwriter import HIGH_WATER
 from edgenode.tls import OriginTLSCreator, TrustProfile
-from edgenode.upstream import OriginPool, UpstreamConnection
 from tests.support.faults import ResetOnFirstBytes, Silent
 from tests.support.origin import Servers, SNIServerTLS, TLSOrigin, in_reactor, pattern
 from tests.support.pki import PKI

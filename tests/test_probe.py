@@ -1,6 +1,6 @@
 """Tests for `edgenode probe`: one handshake per origin, the verdict the edge would reach, a hint.
 
-The probe runs its own reactor, so it runs here as a subprocess (`python -m edgenode.cli
+The probe runs its own reactor, so it runs here as a subprocess (`python -m edgenode.tools.cli
 probe`) against the real nginx origin (a.test and b.test on one port, no-SNI and
 unknown-SNI handshakes rejected) and in-process TLS origins (the tests' reactor thread).
 """
@@ -18,8 +18,8 @@ import pytest
 import yaml
 from twisted.internet.protocol import Protocol
 
-from edgenode.cli import main
-from edgenode.probe import ProbeUsageError, plan_probe
+from edgenode.tools.cli import main
+from edgenode.tools.probe import ProbeUsageError, plan_probe
 from tests.support.net import LOOPBACK, free_port
 from tests.support.nginx import NginxOrigin
 from tests.support.origin import Servers, TLSOrigin
@@ -76,10 +76,13 @@ def sni_off(*origins: dict[str, Any], **settings: Any) -> dict[str, Any]:
     return {"origins": list(origins), **settings}
 
 
+CLI = [sys.executable, "-m", "edgenode.tools.cli"]
+
+
 def probe(config: Path, domain: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run `edgenode probe` in its own process (it runs its own reactor)."""
     return subprocess.run(
-        [sys.executable, "-m", "edgenode.cli", "probe", domain, "--config", str(config), *args],
+        [*CLI, "probe", domain, "--config", str(config), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -1,4 +1,4 @@
-"""Tests for edgenode.proxy: one exchange from client bytes to origin bytes and back, in memory.
+"""Tests for edgenode.datapath.proxy: one exchange, client bytes to origin bytes and back.
 
 A real DownstreamProtocol, Proxy, Runtime and OriginPool, wired as service.py wires them,
 on a MemoryReactorClock: client and origin transports are StringTransports and origin
@@ -19,10 +19,10 @@ from twisted.python.failure import Failure
 
 from edgenode.accesslog import AccessLog, AccessRecord
 from edgenode.config import config_from_mapping
-from edgenode.downstream import DownstreamFactory, DownstreamProtocol
-from edgenode.proxy import DEADLINE_TICK, Proxy
+from edgenode.datapath.downstream import DownstreamFactory, DownstreamProtocol
+from edgenode.datapath.proxy import DEADLINE_TICK, Proxy
+from edgenode.datapath.upstream import OriginPool, UpstreamConnection
 from edgenode.runtime import RuntimeHolder, build_runtime
-from edgenode.upstream import OriginPool, UpstreamConnection
 from tests.test_downstream import TCPStringTransport, head_of, status_lines
 
 WWW = b"Host: www.example.com\r\n"

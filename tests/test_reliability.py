@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from twisted.internet.error import ConnectionDone, ConnectionLost
 
-from edgenode.proxy import DEADLINE_TICK
+from edgenode.datapath.proxy import DEADLINE_TICK
 from tests.support.edge import EdgeProcess, send
 from tests.support.faults import FaultyOrigin, FlakyKeepAliveOrigin, ResetOnFirstBytes
 from tests.support.net import LOOPBACK, free_port

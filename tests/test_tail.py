@@ -1,7 +1,7 @@
 """Tests for `edgenode tail`: the follower, the pure summary, the filters and the command.
 
 Logs are written with the edge's own writer (`AccessRecord.to_json_line`). Expected
-numbers are computed here, independently of edgenode.tail. Following is driven by
+numbers are computed here, independently of edgenode.tools.tail. Following is driven by
 explicit `Follower.poll()` calls (or `follow()` with a fake clock and sleep), so
 nothing sleeps.
 """
@@ -21,8 +21,8 @@ import pytest
 from rich.console import Console
 
 from edgenode.accesslog import AccessRecord
-from edgenode.cli import main
-from edgenode.tail import (
+from edgenode.tools.cli import main
+from edgenode.tools.tail import (
     LATENCY_SECONDS,
     ONCE_COLUMNS,
     Follower,
@@ -103,7 +103,7 @@ def write(path: Path, lines: Iterable[bytes], mode: str = "ab") -> None:
 
 
 def expected_rows(lines: Iterable[bytes]) -> dict[str, dict[str, Any]]:
-    """The --once table computed straight from the JSON, without edgenode.tail."""
+    """The --once table computed straight from the JSON, without edgenode.tools.tail."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for raw in lines:
         data = json.loads(raw)

@@ -1,4 +1,4 @@
-"""Tests for edgenode.upstream: the origin-side HTTP/1.1 client and the route-keyed pool.
+"""Tests for edgenode.datapath.upstream: the origin-side HTTP/1.1 client and the route-keyed pool.
 
 The pool runs on a MemoryReactorClock: connects are recorded in `reactor.tcpClients` and
 completed by hand over a StringTransport. The exchange side (ConnectionWaiter and
@@ -15,10 +15,8 @@ from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from edgenode.errors import ErrorCode, OriginError
-from edgenode.headers import Headers
-from edgenode.tls import OriginTLSCreator, TrustProfile
-from edgenode.upstream import (
+from edgenode.datapath.headers import Headers
+from edgenode.datapath.upstream import (
     MAX_RESPONSE_HEAD_BYTES,
     ConnectionWaiter,
     OriginPool,
@@ -27,6 +25,8 @@ from edgenode.upstream import (
     StaleConnection,
     UpstreamConnection,
 )
+from edgenode.errors import ErrorCode, OriginError
+from edgenode.tls import OriginTLSCreator, TrustProfile
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: origin.example\r\n\r\n"
 OK_5 = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"

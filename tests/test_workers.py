@@ -29,8 +29,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from edgenode.accesslog import parse_line
-from edgenode.service import Options, makeService
-from edgenode.workers import STABLE_AFTER, ControlChannel, WorkerPool, WorkerProcess
+from edgenode.control.service import Options, makeService
+from edgenode.control.workers import STABLE_AFTER, ControlChannel, WorkerPool, WorkerProcess
 from tests.support.edge import EdgeProcess, Response
 from tests.support.net import LOOPBACK, free_port
 from tests.support.origin import TLSOrigin

@@ -2,7 +2,7 @@ from twisted.application.service import ServiceMaker
 
 edgenode = ServiceMaker(
     "edgenode",
-    "edgenode.service",
+    "edgenode.control.service",
     "CDN edge node: HTTPS back-to-origin with origin SNI",
     "edgenode",
 )

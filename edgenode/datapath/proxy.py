@@ -28,13 +28,13 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from edgenode.accesslog import AccessLog, AccessRecord
-from edgenode.downstream import ClientStream, RequestHead
+from edgenode.datapath.downstream import ClientStream, RequestHead
+from edgenode.datapath.headers import client_response_lines, origin_request_head
+from edgenode.datapath.monitor import Monitor
+from edgenode.datapath.upstream import OriginPool, StaleConnection, UpstreamConnection
 from edgenode.errors import ErrorCode, OriginError
-from edgenode.headers import client_response_lines, origin_request_head
-from edgenode.monitor import Monitor
 from edgenode.routes import OriginRoute
 from edgenode.runtime import DomainRuntime, RuntimeHolder
-from edgenode.upstream import OriginPool, StaleConnection, UpstreamConnection
 
 log = Logger()
 

@@ -51,7 +51,7 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from edgenode.socketwriter import SocketWriter
+from edgenode.datapath.socketwriter import SocketWriter
 
 _RECV_SIZE = 65536  # one record is at most 16 KiB of plaintext; room for more
 _FLUSH_SIZE = 16384  # first BIO read when the plaintext size gives no hint

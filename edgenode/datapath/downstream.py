@@ -21,10 +21,10 @@ from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
 
 from edgenode.config import Limits
+from edgenode.datapath.headers import Headers, RequestScan, message_head, scan_request
+from edgenode.datapath.socketwriter import SocketWriter
 from edgenode.errors import ErrorCode
-from edgenode.headers import Headers, RequestScan, message_head, scan_request
 from edgenode.hostnames import normalize_request_host
-from edgenode.socketwriter import SocketWriter
 
 FLUSH_BEFORE_CLOSE = 10.0  # seconds a client gets to take a cut-short response
 

@@ -17,13 +17,6 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from edgenode.accesslog import AccessLog
-from edgenode.admin import (
-    AdminResource,
-    AdminSite,
-    ReloadResult,
-    ensure_token,
-    is_loopback_endpoint,
-)
 from edgenode.config import (
     Config,
     apply_overrides,
@@ -32,13 +25,14 @@ from edgenode.config import (
     tcp_listen,
     workers_count,
 )
-from edgenode.downstream import DownstreamFactory
-from edgenode.errors import ConfigError, Problem
-from edgenode.monitor import Monitor, Process
-from edgenode.proxy import Proxy
-from edgenode.runtime import Runtime, RuntimeHolder, build_runtime, config_diff
-from edgenode.upstream import OriginPool
-from edgenode.workers import (
+from edgenode.control.admin import (
+    AdminResource,
+    AdminSite,
+    ReloadResult,
+    ensure_token,
+    is_loopback_endpoint,
+)
+from edgenode.control.workers import (
     RELOAD_TIMEOUT,
     ControlChannel,
     RunDir,
@@ -51,6 +45,12 @@ from edgenode.workers import (
     read_state,
     worker_argv,
 )
+from edgenode.datapath.downstream import DownstreamFactory
+from edgenode.datapath.monitor import Monitor, Process
+from edgenode.datapath.proxy import Proxy
+from edgenode.datapath.upstream import OriginPool
+from edgenode.errors import ConfigError, Problem
+from edgenode.runtime import Runtime, RuntimeHolder, build_runtime, config_diff
 
 log = Logger()
 
@@ -143,7 +143,7 @@ def make_demo_service(options: Options) -> service.IService:
     """SPEC §7: the same EdgeService, on a config built in memory, beside a local origin."""
     from twisted.internet import reactor
 
-    from edgenode import demo  # certificates and an origin: only the demo needs them
+    from edgenode.control import demo  # certificates and an origin: only the demo needs them
 
     twistd_options = getattr(options, "parent", None)
     try:
@@ -453,7 +453,7 @@ class SupervisorService(EdgeService):
 
     It serves no client itself. Its config is the truth: a reload is validated here
     (parsed, CA files read, TLS contexts built) before any worker hears of it, and then
-    every worker must confirm it (edgenode.workers). SIGHUP reloads the same way,
+    every worker must confirm it (edgenode.control.workers). SIGHUP reloads the same way,
     SIGUSR1 is forwarded to every worker (each reopens its access log), SIGTERM stops
     every worker gracefully, then this process exits 0.
     """

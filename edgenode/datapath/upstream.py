@@ -27,14 +27,14 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from edgenode.errors import ErrorCode, OriginError
-from edgenode.headers import (
+from edgenode.datapath.headers import (
     CONTENT_LENGTH,
     RESPONSE_ACTIONS,
     TRANSFER_ENCODING,
     Headers,
 )
-from edgenode.origintls import OriginTLSFactory
+from edgenode.datapath.origintls import OriginTLSFactory
+from edgenode.errors import ErrorCode, OriginError
 from edgenode.routes import OriginRoute
 from edgenode.tls import ConnectionTLS
 

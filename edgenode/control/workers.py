@@ -81,7 +81,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
 from edgenode.config import Config, TCPListen, apply_overrides, parse_config
-from edgenode.monitor import supervisor_families
+from edgenode.datapath.monitor import supervisor_families
 
 log = Logger()
 

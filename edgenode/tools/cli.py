@@ -17,8 +17,8 @@ from typing import Any
 
 from edgenode.config import Config, load_config
 from edgenode.errors import ConfigError
-from edgenode.probe import add_probe_command
-from edgenode.tail import add_tail_command
+from edgenode.tools.probe import add_probe_command
+from edgenode.tools.tail import add_tail_command
 
 PROG = "edgenode"
 EXIT_OK = 0

@@ -32,12 +32,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from edgenode.config import Config, Domain, load_config
+from edgenode.datapath.upstream import connect_failure, setup_failure
 from edgenode.errors import ConfigError, ErrorCode, OriginError
 from edgenode.hostnames import normalize_hostname, validate_sni
 from edgenode.routes import server_label
 from edgenode.runtime import build_runtime
 from edgenode.tls import CertFacts, ConnectionTLS, OriginTLSCreator
-from edgenode.upstream import connect_failure, setup_failure
 
 PROG = "edgenode"
 # The `edgenode` command's exit codes (cli.py; SPEC §6). cli imports this module, so

@@ -1,0 +1,1 @@
+"""The operator's command line: check, reload, tail, probe. Imports anything below it."""
