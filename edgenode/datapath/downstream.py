@@ -200,7 +200,12 @@ class ClientStream:
         if self.chunked:
             self._conn.write(b"0\r\n\r\n")
         self._conn.flush()
-        self._conn._response_finished(self._req, self.closing)
+        self._conn.response_finished(self._req, self.closing)
+
+    def close_after_response(self) -> None:
+        """Close the connection once this response is out: the stream cannot be trusted for
+        a next request (an error answered before the request body ended)."""
+        self.closing = True
 
     def abort(self) -> None:
         """End a response that cannot be completed, never so that it looks complete.
@@ -681,7 +686,8 @@ class DownstreamProtocol(TwistedProtocol):
         if req.ended:
             sink.end()
 
-    def _response_finished(self, req: _Request, closing: bool) -> None:
+    def response_finished(self, req: _Request, closing: bool) -> None:
+        """A response is complete (ClientStream.end_response): the next request, or the close."""
         req.responded = True
         # The exchange is done with this request (body bytes still to come are dropped):
         # letting go of it breaks the exchange -> stream -> request -> exchange cycle, so

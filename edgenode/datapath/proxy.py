@@ -242,9 +242,12 @@ class Exchange:
         self.proxy.monitor.connection_used(
             self.record.domain or "", self.route, reused=rec.connection_reused, peer=peer
         )
-        conn.send_request(self._origin_head, self, head_only=self.head.method == b"HEAD")
-        if self.head.has_body:
-            conn.transport.registerProducer(_UploadProducer(self.stream), True)
+        head = self.head
+        conn.send_request(
+            self._origin_head, self, head_only=head.method == b"HEAD", chunked=head.chunked
+        )
+        if head.has_body:
+            conn.upload_from(_UploadProducer(self.stream))
             for chunk in self._body_pending:
                 self._send_body_chunk(chunk)
             self._body_pending = []
@@ -330,17 +333,12 @@ class Exchange:
     def _send_body_chunk(self, data: bytes) -> None:
         assert self.conn is not None
         self._body_sent = True
-        if self.head.chunked:
-            self.conn.write_body(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            self.conn.write_body(data)
+        self.conn.write_body(data)
         self._last_progress = self.clock.seconds()
 
     def _send_body_end(self) -> None:
         assert self.conn is not None
-        if self.head.chunked:
-            self.conn.write_body(b"0\r\n\r\n")
-        self.conn.transport.unregisterProducer()
+        self.conn.end_body()
 
     def end(self) -> None:
         if self.done or self._body_ended:
@@ -406,7 +404,6 @@ class Exchange:
             and not self._body_ended
         ):
             # The origin answered before the upload finished: that connection is spent.
-            conn.transport.unregisterProducer()
             conn.abort()
         elif conn is not None:
             self.proxy.pool.release(conn)
@@ -493,7 +490,7 @@ class Exchange:
             if not self._body_ended:
                 # The rest of the request body is still on its way (or, with Expect, will
                 # never come): the stream cannot be trusted for a next request.
-                self.stream.closing = True
+                self.stream.close_after_response()
             self.record.status = err.code.status
             self.record.bytes_sent = self.stream.send_error(err.code, self.request_id)
         self._finish()

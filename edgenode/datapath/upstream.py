@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import attrs
 import httptools
 from twisted.internet import error as neterror
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import ClientFactory
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.internet.task import LoopingCall
@@ -101,6 +101,8 @@ class UpstreamConnection(TwistedProtocol):
         self.idle_since = 0.0
         self.retired = False
         self._paused = False
+        self._chunked_upload = False
+        self._uploading = False  # a client's body is the registered producer
         self._waiter: ConnectionWaiter | None = None
         self._handshake_timer: Any = None
         self._listener: ResponseListener | None = None
@@ -159,15 +161,39 @@ class UpstreamConnection(TwistedProtocol):
 
     # -- sending ----------------------------------------------------------
 
-    def send_request(self, head: bytes, listener: ResponseListener, *, head_only: bool) -> None:
-        """Write a request head; the body, if any, follows through `write_body`."""
+    def send_request(
+        self, head: bytes, listener: ResponseListener, *, head_only: bool, chunked: bool = False
+    ) -> None:
+        """Write a request head; its body, if any, follows through `write_body` and `end_body`,
+        framed here as the head says (`chunked`: the edge's own chunks; else as is, the head
+        carrying its Content-Length)."""
         self._listener = listener
         self._head_only = head_only
+        self._chunked_upload = chunked
         self.requests += 1
         self.transport.write(head)
 
+    def upload_from(self, producer: IPushProducer) -> None:
+        """The request body's source, paused while the origin does not keep up."""
+        self.transport.registerProducer(producer, True)
+        self._uploading = True
+
+    def _stop_upload(self) -> None:
+        if self._uploading:
+            self._uploading = False
+            self.transport.unregisterProducer()
+
     def write_body(self, data: bytes) -> None:
-        self.transport.write(data)
+        if self._chunked_upload:
+            self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.transport.write(data)
+
+    def end_body(self) -> None:
+        """The request body is complete: its last chunk, and no more pacing by the client."""
+        if self._chunked_upload:
+            self.transport.write(b"0\r\n\r\n")
+        self._stop_upload()
 
     def pause_reading(self) -> None:
         """Backpressure from the client: stop reading the origin until it drains."""
@@ -311,10 +337,12 @@ class UpstreamConnection(TwistedProtocol):
     # -- teardown ---------------------------------------------------------
 
     def abort(self) -> None:
-        """Drop the connection now (client gone, timeout): never back into the pool."""
+        """Drop the connection now (client gone, timeout, an upload cut short): never back
+        into the pool."""
         self._listener = None
         self.retired = True
         if self.transport is not None:
+            self._stop_upload()
             self.transport.abortConnection()
 
     def close_idle(self) -> None:
