@@ -15,10 +15,13 @@ Invariants kept here:
   once on a fresh connection to the same origin. No origin is tried twice otherwise.
 - Every failure maps through ErrorCode to its status; once the response head went out,
   a failure aborts the client connection instead (never a clean-looking short body).
+- An exchange's life is its `Phase` (routing, connecting, waiting, relaying, done), moved
+  only along `_MOVES`; the other attributes are data, not state.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 from typing import Any
 
@@ -111,13 +114,35 @@ class Proxy:
         exchange.fail(OriginError(code, detail))
 
 
+class Phase(enum.Enum):
+    """Where an exchange is in its life. `_MOVES` lists every move it makes (h11's
+    `_state.py` is the model): a move not listed is a bug, and raises."""
+
+    ROUTING = enum.auto()  # created: its domain and origins are being looked up
+    CONNECTING = enum.auto()  # waiting for the pool's connection to the current origin
+    WAITING = enum.auto()  # the request went out on `conn`; no response head yet
+    RELAYING = enum.auto()  # the response head went to the client; the body streams
+    DONE = enum.auto()  # answered (or cut off) and logged; nothing more happens
+
+
+ROUTING, CONNECTING, WAITING, RELAYING, DONE = Phase
+_MOVES: dict[Phase, frozenset[Phase]] = {
+    ROUTING: frozenset({CONNECTING, DONE}),
+    # CONNECTING again: the next origin, or a fresh connection after a stale pooled one.
+    CONNECTING: frozenset({CONNECTING, WAITING, DONE}),
+    WAITING: frozenset({CONNECTING, RELAYING, DONE}),
+    RELAYING: frozenset({DONE}),
+    DONE: frozenset(),
+}
+
+
 @implementer(IPushProducer)
 class Exchange:
     """One request through the edge, from its head to its access-log line."""
 
     # Defaults every exchange starts with, as class attributes: an exchange sets only
     # what differs, which is most of the cost of making one per request.
-    done = False
+    phase = ROUTING
     conn: UpstreamConnection | None = None
     route: OriginRoute
     _cancel_acquire: Any = None
@@ -128,7 +153,6 @@ class Exchange:
     _replay_size = 0
     _body_sent = False
     _stale_retried = False
-    _response_started = False
     _no_body = False
     _paused_upload = False
     _last_error: OriginError | None = None
@@ -159,6 +183,11 @@ class Exchange:
         proxy.began(self)
         if route:
             self._route()
+
+    def _enter(self, phase: Phase) -> None:
+        if phase not in _MOVES[self.phase]:
+            raise RuntimeError(f"request {self.request_id}: {self.phase.name} -> {phase.name}")
+        self.phase = phase
 
     # -- routing --------------------------------------------------------------
 
@@ -215,6 +244,7 @@ class Exchange:
         # this one guarantees a request never waits forever for a connection whatever
         # goes wrong in between (SPEC: never a hang).
         self._arm_timer(t.connect + t.tls_handshake + self.proxy.pool.queue_timeout + 1.0)
+        self._enter(CONNECTING)  # before acquire: a pooled connection comes at once
         self._cancel_acquire = self.proxy.pool.acquire(
             route, self, connect_timeout=t.connect, handshake_timeout=t.tls_handshake, fresh=fresh
         )
@@ -223,9 +253,10 @@ class Exchange:
 
     def connection_ready(self, conn: UpstreamConnection) -> None:
         self._cancel_acquire = None
-        if self.done:
+        if self.phase is DONE:
             self.proxy.pool.release(conn)
             return
+        self._enter(WAITING)
         self.conn = conn
         rec = self.record
         rec.connection_reused = conn.requests > 0
@@ -260,7 +291,7 @@ class Exchange:
 
     def connection_failed(self, err: OriginError) -> None:
         self._cancel_acquire = None
-        if self.done:
+        if self.phase is DONE:
             return
         if err.peer is not None:
             self.record.origin_cert = err.peer.to_json()  # type: ignore[attr-defined]
@@ -278,7 +309,7 @@ class Exchange:
             self.proxy.monitor.attempt_done(self.record.domain or "", self.route, err)
         self.conn = None
         self._cancel_timer()
-        if self._response_started:
+        if self.phase is RELAYING:
             self._abort_client(err)
             return
         if (
@@ -313,7 +344,7 @@ class Exchange:
     # -- RequestSink: the client's body ----------------------------------------
 
     def body(self, data: bytes) -> None:
-        if self.done:
+        if self.phase is DONE:
             return
         if self._replay is not None:
             self._replay_size += len(data)
@@ -341,14 +372,14 @@ class Exchange:
         self.conn.end_body()
 
     def end(self) -> None:
-        if self.done or self._body_ended:
+        if self.phase is DONE or self._body_ended:
             return
         self._body_ended = True
         if self.conn is not None:
             self._send_body_end()
 
     def client_lost(self) -> None:
-        if self.done:
+        if self.phase is DONE:
             return
         if self.record.status is None:
             self.record.status = CLIENT_CLOSED
@@ -356,7 +387,7 @@ class Exchange:
         self._finish()
 
     def reject(self, code: ErrorCode, detail: str) -> None:
-        if self.done:
+        if self.phase is DONE:
             return
         self._drop_origin()
         self.fail(OriginError(code, detail))
@@ -366,9 +397,9 @@ class Exchange:
     def response_head(
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], length: int | None
     ) -> None:
-        if self.done:
+        if self.phase is DONE:
             return
-        self._response_started = True
+        self._enter(RELAYING)
         self.record.origin_status = status
         self.record.status = status
         self._no_body = self.head.method == b"HEAD" or status in (204, 304)
@@ -380,18 +411,18 @@ class Exchange:
             self._arm_timer(self.timeouts.body_idle)
 
     def response_body(self, data: bytes) -> None:
-        if self.done:
+        if self.phase is DONE:
             return
         self.record.bytes_sent += len(data)
         self._last_progress = self.clock.seconds()
         self.stream.send_body(data)
 
     def read_done(self) -> None:
-        if not self.done:
+        if self.phase is not DONE:
             self.stream.flush()
 
     def response_end(self) -> None:
-        if self.done:
+        if self.phase is DONE:
             return
         conn, self.conn = self.conn, None
         self._cancel_timer()
@@ -412,7 +443,7 @@ class Exchange:
         self._finish()
 
     def response_failed(self, err: OriginError) -> None:
-        if self.done:
+        if self.phase is DONE:
             return
         self._attempt_failed(err)
 
@@ -448,9 +479,9 @@ class Exchange:
         limit = self._timer_limit
         self._timer_limit = None
         sent = True
-        if self._response_started:
+        if self.phase is RELAYING:
             detail = f"origin sent no body bytes for {limit:g}s (body_idle)"
-        elif self.conn is None:
+        elif self.phase is CONNECTING:
             detail = f"no usable origin connection within {limit:g}s"
             sent = False
             if self._cancel_acquire is not None:
@@ -474,16 +505,16 @@ class Exchange:
         except Exception:
             log.failure("ending request {request_id} failed", request_id=self.request_id)
         finally:
-            self.done = True
+            self.phase = DONE  # whatever phase it was in: it must not stay in flight
             self.proxy.ended(self)
 
     def fail(self, err: OriginError) -> None:
         """Answer the client with the error's status, or cut it off if that is too late."""
-        if self.done:
+        if self.phase is DONE:
             return
         self.record.error = err.code.value
         self.record.error_detail = err.detail
-        if self._response_started or self.stream.started:
+        if self.phase is RELAYING or self.stream.started:
             self._abort_client(err)
             return
         if self.stream.connected:
@@ -512,9 +543,9 @@ class Exchange:
             conn.abort()
 
     def _finish(self) -> None:
-        if self.done:
+        if self.phase is DONE:
             return
-        self.done = True
+        self._enter(DONE)
         self._cancel_timer()
         self.proxy.ended(self)
         rec = self.record
