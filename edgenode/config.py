@@ -50,7 +50,7 @@ from twisted.internet.testing import MemoryReactor
 from edgenode.errors import ConfigError, Problem
 from edgenode.hostnames import is_ip_literal, normalize_hostname, strip_ip_brackets, validate_sni
 
-STDOUT = "-"  # access_log value meaning "write to stdout"
+STDOUT: Literal["-"] = "-"  # access_log value meaning "write to stdout"
 
 
 @attrs.frozen

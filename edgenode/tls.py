@@ -20,7 +20,6 @@ from typing import Any
 import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import ExtensionOID
 from OpenSSL import SSL
 from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import extract_patterns
@@ -69,7 +68,7 @@ class CertFacts:
     @classmethod
     def of(cls, cert: x509.Certificate) -> CertFacts:
         try:
-            san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             dns = tuple(san.get_values_for_type(x509.DNSName))
             ips = tuple(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
         except x509.ExtensionNotFound:

@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from edgenode.config import Limits
 from edgenode.datapath.headers import Headers, RequestScan, message_head, scan_request
 from edgenode.datapath.socketwriter import SocketWriter
+from edgenode.datapath.transport import StreamTransport
 from edgenode.errors import ErrorCode
 from edgenode.hostnames import normalize_request_host
 
@@ -259,6 +260,8 @@ class ClientStream:
 class DownstreamProtocol(TwistedProtocol):
     """One client connection."""
 
+    transport: StreamTransport  # type: ignore[assignment]  # set by makeConnection
+
     def __init__(self, factory: DownstreamFactory) -> None:
         self.factory = factory
         self.limits: Limits = factory.limits
@@ -426,6 +429,7 @@ class DownstreamProtocol(TwistedProtocol):
         self._began_in_this_read = False
         parsing = self._parsing
         body_seen = parsing.body_bytes if parsing is not None else 0
+        upgraded_at: int | None = None
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -441,8 +445,6 @@ class DownstreamProtocol(TwistedProtocol):
         except httptools.HttpParserError as e:
             self._refuse(ErrorCode.BAD_REQUEST, f"malformed request: {e}")
             return
-        else:
-            upgraded_at = None
         if upgraded_at is not None:
             # Outside the except block, so that a callback error in the rest keeps its cause.
             self._continue_after_upgrade(data[upgraded_at:])

@@ -52,6 +52,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from edgenode.datapath.socketwriter import SocketWriter
+from edgenode.datapath.transport import StreamTransport
 
 _RECV_SIZE = 65536  # one record is at most 16 KiB of plaintext; room for more
 _FLUSH_SIZE = 16384  # first BIO read when the plaintext size gives no hint
@@ -64,6 +65,7 @@ class OriginTLSProtocol(Protocol):
     """Client-side TLS over a TCP transport; the transport of one wrapped protocol."""
 
     disconnecting = False
+    transport: StreamTransport  # type: ignore[assignment]  # the TCP transport, from makeConnection
 
     def __init__(self, creator: IOpenSSLClientConnectionCreator, wrapped: IProtocol) -> None:
         self.wrappedProtocol: Any = wrapped  # the creator hands the connection's facts to it

@@ -346,14 +346,17 @@ class Exchange:
     def body(self, data: bytes) -> None:
         if self.phase is DONE:
             return
-        if self._replay is not None:
+        replay, pending = self._replay, self._body_pending
+        # Only a request with a body gets body(), and its __init__ made both lists.
+        assert isinstance(pending, list) and not isinstance(replay, tuple)
+        if replay is not None:
             self._replay_size += len(data)
             if self._replay_size <= REPLAY_BYTES:
-                self._replay.append(data)
+                replay.append(data)
             else:
                 self._replay = None
         if self.conn is None:
-            self._body_pending.append(data)
+            pending.append(data)
             if not self._paused_upload:
                 # No origin connection yet: stop reading the client until there is one.
                 self._paused_upload = True

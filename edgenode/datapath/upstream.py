@@ -34,6 +34,7 @@ from edgenode.datapath.headers import (
     Headers,
 )
 from edgenode.datapath.origintls import OriginTLSFactory
+from edgenode.datapath.transport import StreamTransport
 from edgenode.errors import ErrorCode, OriginError
 from edgenode.routes import OriginRoute
 from edgenode.tls import ConnectionTLS
@@ -86,6 +87,7 @@ class UpstreamConnection(TwistedProtocol):
     """One HTTP/1.1 connection to an origin, parsed with httptools (llhttp)."""
 
     tls: ConnectionTLS | None = None
+    transport: StreamTransport  # type: ignore[assignment]  # set by makeConnection
 
     def __init__(
         self, pool: OriginPool, route: OriginRoute, now: float, handshake_timeout: float
