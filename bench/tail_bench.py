@@ -7,7 +7,7 @@
    the command's own code path, and again with `--json --status 5xx`; prints lines/s.
 2. Follow mode: a writer thread appends lines at a fixed rate, rotates the file
    halfway (`mv` + a new file, as the edge does on SIGUSR1), while the follower runs
-   `edgenode.tools.tail.follow` with the live view rendered every second to a throw-away
+   `edgenode.tools.tail.engine.follow` with the live view rendered every second to a throw-away
    console. Reports whether every line was seen exactly once and the lag from the
    write to the line being counted (p50/p99/max), and how much the process's resident
    memory grew while following (the benchmark's own bookkeeping is allocated first).
@@ -36,7 +36,11 @@ from rich.console import Console
 
 from edgenode.accesslog import AccessRecord
 from edgenode.tools.cli import main
-from edgenode.tools.tail import Follower, LogSummary, Rates, RecordFilter, Tail, follow, live_view
+from edgenode.tools.tail.engine import Tail, follow
+from edgenode.tools.tail.filters import RecordFilter
+from edgenode.tools.tail.follower import Follower
+from edgenode.tools.tail.summary import LogSummary, Rates
+from edgenode.tools.tail.view import live_view
 
 DOMAINS = ["www.example.com", "img.example.com", "api.example.com", "static.example.net"]
 ORIGINS = {

@@ -22,21 +22,17 @@ from rich.console import Console
 
 from edgenode.accesslog import AccessRecord
 from edgenode.tools.cli import main
-from edgenode.tools.tail import (
+from edgenode.tools.tail.engine import Tail, follow
+from edgenode.tools.tail.filters import RecordFilter, parse_status_filter
+from edgenode.tools.tail.follower import Follower
+from edgenode.tools.tail.summary import (
     LATENCY_SECONDS,
-    ONCE_COLUMNS,
-    Follower,
     LatencyWindow,
-    LineSink,
     LogSummary,
     Rates,
-    RecordFilter,
-    Tail,
-    follow,
-    live_view,
     nearest_rank,
-    parse_status_filter,
 )
+from edgenode.tools.tail.view import ONCE_COLUMNS, LineSink, live_view
 
 DOMAINS = ("www.example.com", "img.example.com", "api.example.com", None)
 STATUSES = (200, 200, 200, 204, 301, 304, 404, 421, 500, 502, 503, 504)

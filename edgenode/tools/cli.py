@@ -2,8 +2,8 @@
 
 Each subcommand is a pair: `add_<name>_command(subcommands)` registers its arguments
 and sets `run`, a function taking the parsed arguments and returning the exit code.
-Exit codes (SPEC §6): 0 success; 1 the thing checked failed; 2 usage error or the
-target could not be reached.
+Exit codes (SPEC §6, `exitcodes.ExitCode`): 0 success; 1 the thing checked failed; 2 usage
+error or the target could not be reached.
 """
 
 from __future__ import annotations
@@ -17,13 +17,11 @@ from typing import Any
 
 from edgenode.config import Config, load_config
 from edgenode.errors import ConfigError
+from edgenode.tools.exitcodes import ExitCode
 from edgenode.tools.probe import add_probe_command
-from edgenode.tools.tail import add_tail_command
+from edgenode.tools.tail.command import add_tail_command
 
 PROG = "edgenode"
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 # What `add_subparsers` returns; each `add_<name>_command` adds its parser to it.
 Subcommands = argparse._SubParsersAction  # argparse has no public name for it
@@ -35,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits for --help (0) and usage errors (2)
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        return exc.code if isinstance(exc.code, int) else ExitCode.USAGE
     run: Callable[[argparse.Namespace], int] = args.run
     return run(args)
 
@@ -73,9 +71,9 @@ def run_check(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as err:
         print(f"{PROG}: {err}", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     print(f"{PROG}: {args.config} is valid: {summarize(config)}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def summarize(config: Config) -> str:
@@ -118,24 +116,24 @@ def run_reload(args: argparse.Namespace) -> int:
     except ConfigError as err:
         # The edge would reject this file too; say so without bothering it.
         print(f"{PROG}: {err}", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     try:
         status, body = admin_call(config, "POST", "/reload", timeout=args.timeout)
     except (OSError, ValueError) as err:
         print(
             f"{PROG}: cannot reach the admin API at {config.admin.listen}: {err}", file=sys.stderr
         )
-        return EXIT_USAGE
+        return ExitCode.USAGE
     if status == 200:
         print(f"{PROG}: reloaded, generation {body['generation']}")
         for line in describe_changes(body):
             print(f"  {line}")
-        return EXIT_OK
+        return ExitCode.OK
     if status == 422:
         print(f"{PROG}: reload rejected; still running generation {body.get('generation')}:")
         for problem in body.get("errors", []):
             print(f"  {problem['path']}: {problem['message']}")
-        return EXIT_FAILED
+        return ExitCode.FAILED
     if status == 500 and "errors" in body:
         # Applied by the supervisor, but not confirmed by every worker (those are replaced).
         print(f"{PROG}: reload to generation {body.get('generation')} not applied everywhere:")
@@ -143,9 +141,9 @@ def run_reload(args: argparse.Namespace) -> int:
             print(f"  {problem.get('path')}: {problem.get('message')}")
         for line in describe_changes(body):
             print(f"  {line}")
-        return EXIT_FAILED
+        return ExitCode.FAILED
     print(f"{PROG}: admin API answered {status}: {body}", file=sys.stderr)
-    return EXIT_USAGE
+    return ExitCode.USAGE
 
 
 def describe_changes(body: dict[str, Any]) -> list[str]:
