@@ -25,8 +25,8 @@ from edgenode.accesslog import AccessLog
 from edgenode.config import config_from_mapping
 from edgenode.datapath.downstream import DownstreamFactory
 from edgenode.datapath.monitor import Monitor
+from edgenode.datapath.pool import OriginPool
 from edgenode.datapath.proxy import Proxy
-from edgenode.datapath.upstream import OriginPool
 from edgenode.runtime import RuntimeHolder, build_runtime
 
 REQUEST = (

@@ -154,6 +154,16 @@ class ConnectionTLS:
         if cert is not None:
             self.peer = CertFacts.of(cert)
 
+    def handshake_timed_out(self, timeout: float) -> OriginError:
+        """The SPEC §4 error for a handshake not done within `timeout` (edge and probe alike);
+        kept as this connection's failure unless our verify callback already set one."""
+        err = OriginError(
+            ErrorCode.ORIGIN_TIMEOUT, f"TLS handshake did not complete within {timeout:g}s"
+        )
+        if self.failure is None:
+            self.failure = err
+        return err
+
     def setup_failure(self, exc: BaseException | None) -> OriginError:
         """The SPEC §4 error for a connection lost before its handshake completed.
 
@@ -245,9 +255,14 @@ def split_pem_certificates(pem: bytes) -> list[bytes]:
     return blocks
 
 
-@implementer(IOpenSSLClientConnectionCreator)
 class OriginTLSCreator:
-    """Makes the SSL.Connection for one route: SNI if any, our verify callback, facts for logs."""
+    """Makes the SSL.Connections of one route: SNI if any, our verify callback, facts for logs.
+
+    One connection's TLS is set up in one direction: whoever opens the connection takes
+    fresh `facts()`, gives them to the protocol that will read them and to the transport
+    through `new_connection` (our own transport) or `connection_creator` (Twisted's
+    TLSMemoryBIOFactory, for the probe). Nothing here reaches into a protocol.
+    """
 
     def __init__(
         self, profile: TrustProfile, sni: str | None, verify_name: str, verify: bool
@@ -262,9 +277,17 @@ class OriginTLSCreator:
         )
         self._session: SSL.Session | None = None  # this route's, and only this route's
 
-    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+    def facts(self) -> ConnectionTLS:
+        """A record for one new connection of this route, filled in as its handshake goes."""
+        return ConnectionTLS(sni=self.sni, verify_name=self.verify_name, verify=self.verify)
+
+    def connection_creator(self, facts: ConnectionTLS) -> IOpenSSLClientConnectionCreator:
+        """`new_connection(facts)` as Twisted's TLS factory asks for it."""
+        return _OneConnection(self, facts)
+
+    def new_connection(self, facts: ConnectionTLS) -> SSL.Connection:
+        """The SSL.Connection of one connection of this route, recording into `facts`."""
         conn = SSL.Connection(self.profile.context)
-        facts = ConnectionTLS(sni=self.sni, verify_name=self.verify_name, verify=self.verify)
         facts.connection = conn
         if self._sni_bytes is not None:
             conn.set_tlsext_host_name(self._sni_bytes)
@@ -279,15 +302,14 @@ class OriginTLSCreator:
             # verification, so a session must never be offered for another SNI or name.
             conn.set_session(self._session)
             facts.offered_session = True
-        tlsProtocol.wrappedProtocol.tls = facts
         return conn
 
-    def remember_session(self, conn: SSL.Connection) -> None:
+    def remember_session(self, facts: ConnectionTLS) -> None:
         """Keep the session of a verified connection of this route for the next one.
 
         Called once response bytes arrived: TLS 1.3 tickets come after the handshake.
         """
-        session = conn.get_session()
+        session = facts.connection.get_session() if facts.connection is not None else None
         if session is not None:
             self._session = session
 
@@ -324,6 +346,17 @@ class OriginTLSCreator:
 
         return verify
 
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _OneConnection:
+    """One connection's creator for Twisted's TLSMemoryBIOFactory (the probe's transport)."""
+
+    def __init__(self, creator: OriginTLSCreator, facts: ConnectionTLS) -> None:
+        self._creator = creator
+        self._facts = facts
+
+    def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        return self._creator.new_connection(self._facts)
 
 def name_mismatch_detail(peer: CertFacts, verify_name: str, sni: str | None) -> str:
     """Explain a certificate that does not cover the name we verify against."""

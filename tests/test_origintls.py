@@ -15,6 +15,7 @@ import select
 import socket
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -28,14 +29,16 @@ from zope.interface import implementer
 
 from edgenode.datapath.headers import Headers
 from edgenode.datapath.origintls import OriginTLSProtocol
+from edgenode.datapath.pool import OriginPool
 from edgenode.datapath.socketwriter import HIGH_WATER
-from edgenode.datapath.upstream import OriginPool, UpstreamConnection
+from edgenode.datapath.upstream import UpstreamConnection
 from edgenode.errors import ErrorCode, OriginError
 from edgenode.routes import OriginRoute
 from edgenode.tls import OriginTLSCreator, TrustProfile
 from tests.support.faults import ResetOnFirstBytes, Silent
 from tests.support.origin import Servers, SNIServerTLS, TLSOrigin, in_reactor, pattern
 from tests.support.pki import PKI
+from tests.support.waiting import wait_until
 
 MiB = 1024 * 1024
 
@@ -190,14 +193,6 @@ def run(
 
 def get(path: str, host: str = "a.test") -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
-
-
-def wait_until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def test_each_sni_gets_its_own_certificate_and_vhost(
@@ -467,8 +462,9 @@ class Link:
         self.client_sock, self.server_sock = _socket_pair(buffer)
         self.tcp = SocketTransport(self.client_sock)
         self.wrapped = Wrapped()
+        creator = OriginTLSCreator(profile, "a.test", "a.test", True)
         self.proto = OriginTLSProtocol(
-            OriginTLSCreator(profile, "a.test", "a.test", True), self.wrapped
+            partial(creator.new_connection, creator.facts()), self.wrapped
         )
         server = SNIServerTLS({"a.test": pki.leaf("a.test")}, None).serverConnectionForTLS(None)
         server.set_accept_state()

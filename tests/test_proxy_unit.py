@@ -20,8 +20,9 @@ from twisted.python.failure import Failure
 from edgenode.accesslog import AccessLog, AccessRecord
 from edgenode.config import config_from_mapping
 from edgenode.datapath.downstream import DownstreamFactory, DownstreamProtocol
+from edgenode.datapath.pool import OriginPool
 from edgenode.datapath.proxy import DEADLINE_TICK, Proxy
-from edgenode.datapath.upstream import OriginPool, UpstreamConnection
+from edgenode.datapath.upstream import UpstreamConnection
 from edgenode.runtime import RuntimeHolder, build_runtime
 from tests.test_downstream import TCPStringTransport, head_of, status_lines
 

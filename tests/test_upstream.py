@@ -16,16 +16,16 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from edgenode.datapath.headers import Headers
+from edgenode.datapath.pool import OriginPool
 from edgenode.datapath.upstream import (
     MAX_RESPONSE_HEAD_BYTES,
     ConnectionWaiter,
-    OriginPool,
-    OriginRoute,
     ResponseListener,
     StaleConnection,
     UpstreamConnection,
 )
 from edgenode.errors import ErrorCode, OriginError
+from edgenode.routes import OriginRoute
 from edgenode.tls import OriginTLSCreator, TrustProfile
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: origin.example\r\n\r\n"

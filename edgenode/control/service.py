@@ -48,7 +48,7 @@ from edgenode.control.workers import (
 from edgenode.datapath.downstream import DownstreamFactory
 from edgenode.datapath.monitor import Monitor, Process
 from edgenode.datapath.proxy import Proxy
-from edgenode.datapath.upstream import OriginPool
+from edgenode.datapath.pool import OriginPool
 from edgenode.errors import ConfigError, Problem
 from edgenode.runtime import Runtime, RuntimeHolder, build_runtime, config_diff
 

@@ -40,7 +40,7 @@ from prometheus_client.utils import floatToGoString
 from twisted.logger import Logger
 
 from edgenode.accesslog import AccessRecord
-from edgenode.datapath.upstream import OriginPool
+from edgenode.datapath.pool import OriginPool
 from edgenode.errors import ErrorCode, OriginError
 from edgenode.routes import OriginRoute, server_label
 from edgenode.tls import CertFacts

@@ -34,6 +34,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from OpenSSL import SSL
@@ -41,7 +42,6 @@ from twisted.internet import error as neterror
 from twisted.internet.interfaces import (
     IConsumer,
     IHandshakeListener,
-    IOpenSSLClientConnectionCreator,
     IProtocol,
     IPushProducer,
     ISystemHandle,
@@ -67,9 +67,9 @@ class OriginTLSProtocol(Protocol):
     disconnecting = False
     transport: StreamTransport  # type: ignore[assignment]  # the TCP transport, from makeConnection
 
-    def __init__(self, creator: IOpenSSLClientConnectionCreator, wrapped: IProtocol) -> None:
-        self.wrappedProtocol: Any = wrapped  # the creator hands the connection's facts to it
-        self._creator = creator
+    def __init__(self, new_connection: Callable[[], SSL.Connection], wrapped: IProtocol) -> None:
+        self.wrappedProtocol: Any = wrapped
+        self._new_connection = new_connection
         self._listener = IHandshakeListener.providedBy(wrapped)
         self._tls: SSL.Connection | None = None
         self._handshake_done = False
@@ -83,7 +83,7 @@ class OriginTLSProtocol(Protocol):
     # -- connection -----------------------------------------------------------
 
     def connectionMade(self) -> None:
-        tls = self._creator.clientConnectionForTLS(self)
+        tls = self._new_connection()
         tls.set_connect_state()
         self._tls = tls
         self._writer = SocketWriter(self.transport)
@@ -375,19 +375,20 @@ def _represents_eof(exc: BaseException) -> bool:
 
 
 class OriginTLSFactory(ClientFactory):
-    """Wraps the protocol `wrappedFactory` builds in an OriginTLSProtocol for `creator`."""
+    """Wraps the protocol `wrappedFactory` builds in an OriginTLSProtocol whose SSL.Connection
+    `new_connection` makes (the route's OriginTLSCreator, bound to the connection's facts)."""
 
     noisy = False
 
-    def __init__(self, creator: IOpenSSLClientConnectionCreator, wrappedFactory: Any) -> None:
-        self.creator = creator
+    def __init__(self, new_connection: Callable[[], SSL.Connection], wrappedFactory: Any) -> None:
+        self.new_connection = new_connection
         self.wrappedFactory = wrappedFactory
 
     def buildProtocol(self, addr: Any) -> OriginTLSProtocol | None:
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
             return None
-        proto = OriginTLSProtocol(self.creator, wrapped)
+        proto = OriginTLSProtocol(self.new_connection, wrapped)
         proto.factory = self
         return proto
 

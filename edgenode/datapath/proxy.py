@@ -34,7 +34,8 @@ from edgenode.accesslog import AccessLog, AccessRecord
 from edgenode.datapath.downstream import ClientStream, RequestHead
 from edgenode.datapath.headers import client_response_lines, origin_request_head
 from edgenode.datapath.monitor import Monitor
-from edgenode.datapath.upstream import OriginPool, StaleConnection, UpstreamConnection
+from edgenode.datapath.pool import OriginPool
+from edgenode.datapath.upstream import StaleConnection, UpstreamConnection
 from edgenode.errors import ErrorCode, OriginError
 from edgenode.routes import OriginRoute
 from edgenode.runtime import DomainRuntime, RuntimeHolder

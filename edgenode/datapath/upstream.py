@@ -1,29 +1,21 @@
-"""The origin side: HTTP/1.1 client connections, the pool keyed by route, and balancing.
+"""The origin side: one HTTP/1.1 client connection to an origin, parsed with llhttp.
 
 Invariants:
-- A pooled connection is handed out only to a request whose route has the same
-  `pool_key` (address, port, TLS on/off, SNI, verify name, verify on/off, trust, min TLS).
-  A connection is never shared across SNI values.
 - A connection is "ready" only after its TLS handshake (and our verification) finished,
   so a failure before ready means no request byte reached the origin.
-- `limits.origin_max_connections` caps open connections per origin server (address,
-  port), whatever the route; beyond it requests wait up to `origin_queue_timeout`.
+- It goes back to its pool (pool.py) only when the request and the response were both
+  fully framed and fully transferred; anything else retires it.
 """
 
 from __future__ import annotations
 
-import collections
 import socket
-from collections.abc import Callable
 from typing import Any, Protocol
 
-import attrs
 import httptools
 from twisted.internet import error as neterror
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
-from twisted.internet.protocol import ClientFactory
 from twisted.internet.protocol import Protocol as TwistedProtocol
-from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -33,7 +25,6 @@ from edgenode.datapath.headers import (
     TRANSFER_ENCODING,
     Headers,
 )
-from edgenode.datapath.origintls import OriginTLSFactory
 from edgenode.datapath.transport import StreamTransport
 from edgenode.errors import ErrorCode, OriginError
 from edgenode.routes import OriginRoute
@@ -79,23 +70,41 @@ class _Unsolicited(Exception):
     """Stops the parser at a second response in one read: nobody asked for it."""
 
 
-_CONNECTING, _IDLE, _BUSY, _CLOSED = range(4)
+# A connection's life; the pool moves it between IDLE and BUSY.
+CONNECTING, IDLE, BUSY, CLOSED = range(4)
+
+
+class ConnectionOwner(Protocol):
+    """What a connection tells the pool that made it (pool.py)."""
+
+    clock: Any
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Ready with no requester left, or its exchange finished cleanly."""
+
+    def connection_closed(self, conn: UpstreamConnection) -> None:
+        """Gone: its slot is free."""
 
 
 @implementer(IHandshakeListener)
 class UpstreamConnection(TwistedProtocol):
     """One HTTP/1.1 connection to an origin, parsed with httptools (llhttp)."""
 
-    tls: ConnectionTLS | None = None
     transport: StreamTransport  # type: ignore[assignment]  # set by makeConnection
 
     def __init__(
-        self, pool: OriginPool, route: OriginRoute, now: float, handshake_timeout: float
+        self,
+        pool: ConnectionOwner,
+        route: OriginRoute,
+        now: float,
+        handshake_timeout: float,
+        tls: ConnectionTLS | None = None,
     ) -> None:
         self.pool = pool
+        self.tls = tls  # this connection's TLS facts (None: plain HTTP), filled in by tls.py
         self.route = route
         self.handshake_timeout = handshake_timeout
-        self.state = _CONNECTING
+        self.state = CONNECTING
         self.requests = 0  # requests sent on this connection so far
         self.started = now
         self.connect_ms: float | None = None
@@ -135,7 +144,7 @@ class UpstreamConnection(TwistedProtocol):
         self._became_ready()
 
     def _became_ready(self) -> None:
-        self.state = _BUSY
+        self.state = BUSY
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
             waiter.connection_ready(self)
@@ -144,19 +153,25 @@ class UpstreamConnection(TwistedProtocol):
 
     def _handshake_timed_out(self, timeout: float) -> None:
         self._handshake_timer = None
-        err = OriginError(
-            ErrorCode.ORIGIN_TIMEOUT, f"TLS handshake did not complete within {timeout:g}s"
-        )
-        if self.tls is not None and self.tls.failure is None:
-            self.tls.failure = err
-        self._fail_setup(err)
+        assert self.tls is not None  # the handshake timer runs for TLS routes only
+        self.fail_setup(self.tls.handshake_timed_out(timeout))
         self.transport.abortConnection()
 
-    def _fail_setup(self, err: OriginError) -> None:
-        if self.state != _CONNECTING:
+    def wait_for_ready(self, waiter: ConnectionWaiter) -> None:
+        """`waiter` gets this connection once it is ready (or its setup failure)."""
+        self._waiter = waiter
+
+    def abandon(self) -> None:
+        """The requester gave up while this connection was being set up: when ready, it goes
+        back to the pool for the next one."""
+        self._waiter = None
+
+    def fail_setup(self, err: OriginError) -> None:
+        """Connecting failed (the pool's connector reports a TCP connect that did not)."""
+        if self.state != CONNECTING:
             return
-        self.state = _CLOSED
-        self.pool._connection_closed(self)
+        self.state = CLOSED
+        self.pool.connection_closed(self)
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
             waiter.connection_failed(err)
@@ -225,7 +240,7 @@ class UpstreamConnection(TwistedProtocol):
         self._tail = b""  # the last bytes of the head seen so far
 
     def dataReceived(self, data: bytes) -> None:
-        if self.state != _BUSY or self._listener is None:
+        if self.state != BUSY or self._listener is None:
             # An idle connection must be silent; bytes now mean a confused origin.
             self.transport.abortConnection()
             return
@@ -297,7 +312,7 @@ class UpstreamConnection(TwistedProtocol):
             self._length = None
         if self.requests == 1 and self.tls is not None and self.route.creator is not None:
             # Response bytes arrived, so a TLS 1.3 ticket has too: keep this route's session.
-            self.route.creator.remember_session(self.tls.connection)
+            self.route.creator.remember_session(self.tls)
         listener = self._listener
         if listener is not None:
             listener.response_head(status, self._reason.strip(), self._headers, self._length)
@@ -355,15 +370,15 @@ class UpstreamConnection(TwistedProtocol):
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self._handshake_timer = None
-        state, self.state = self.state, _CLOSED
-        if state == _CLOSED:
+        state, self.state = self.state, CLOSED
+        if state == CLOSED:
             return  # setup already failed (handshake timeout) and was accounted for
-        if state == _CONNECTING:
+        if state == CONNECTING:
             err = setup_failure(self.tls, reason.value if reason is not None else None)
-            self.state = _CONNECTING
-            self._fail_setup(err)
+            self.state = CONNECTING
+            self.fail_setup(err)
             return
-        self.pool._connection_closed(self)
+        self.pool.connection_closed(self)
         listener, self._listener = self._listener, None
         if listener is None:
             return
@@ -407,22 +422,6 @@ def _set_nodelay(transport: Any) -> None:
         handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class _ConnectionFactory(ClientFactory):
-    """Builds the one UpstreamConnection of one connect attempt and reports connect failures."""
-
-    noisy = False
-
-    def __init__(self, conn: UpstreamConnection, connect_timeout: float) -> None:
-        self.conn = conn
-        self.connect_timeout = connect_timeout
-
-    def buildProtocol(self, addr: Any) -> UpstreamConnection:
-        return self.conn
-
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        self.conn._fail_setup(connect_failure(reason.value, self.connect_timeout))
-
-
 def connect_failure(exc: BaseException, timeout: float) -> OriginError:
     """The SPEC §4 error for a TCP connect that did not succeed."""
     if isinstance(exc, neterror.TimeoutError):
@@ -436,243 +435,3 @@ def connect_failure(exc: BaseException, timeout: float) -> OriginError:
     else:
         why = str(exc) or type(exc).__name__
     return OriginError(ErrorCode.ORIGIN_CONNECT_FAILED, f"TCP connect failed: {why}")
-
-
-@attrs.define(eq=False)
-class _Waiting:
-    route: OriginRoute
-    waiter: ConnectionWaiter
-    connect_timeout: float
-    handshake_timeout: float
-    timer: Any = None
-    cancelled: bool = False
-
-
-class OriginPool:
-    """Idle connections by route key; a cap of open connections per origin server."""
-
-    def __init__(
-        self,
-        reactor: Any,
-        *,
-        max_per_server: int,
-        queue_timeout: float,
-        connect_timeout: Callable[[OriginRoute], float] | None = None,
-    ) -> None:
-        self.reactor = reactor
-        self.clock = reactor
-        self.max_per_server = max_per_server
-        self.queue_timeout = queue_timeout
-        self._idle: dict[tuple[object, ...], list[UpstreamConnection]] = {}
-        self._open: collections.Counter[tuple[str, int]] = collections.Counter()
-        self._queues: dict[tuple[str, int], collections.deque[_Waiting]] = {}
-        self._sweeper = LoopingCall(self._sweep_idle)
-        self._sweeper.clock = reactor
-        self.handshakes = 0
-        self.reuses = 0
-
-    # -- lifecycle ----------------------------------------------------------
-
-    def start(self) -> None:
-        if not self._sweeper.running:
-            self._sweeper.start(1.0, now=False)
-
-    def stop(self) -> None:
-        if self._sweeper.running:
-            self._sweeper.stop()
-        for conns in list(self._idle.values()):
-            for conn in list(conns):
-                conn.close_idle()
-        self._idle.clear()
-        for queue in self._queues.values():
-            for w in queue:
-                if w.timer is not None and w.timer.active():
-                    w.timer.cancel()
-        self._queues.clear()
-
-    # -- acquiring ----------------------------------------------------------
-
-    def acquire(
-        self,
-        route: OriginRoute,
-        waiter: ConnectionWaiter,
-        *,
-        connect_timeout: float,
-        handshake_timeout: float,
-        fresh: bool = False,
-    ) -> Callable[[], None]:
-        """Hand `waiter` a ready connection for `route`; returns a cancel function."""
-        if not fresh:
-            idle = self._idle.get(route.pool_key)
-            while idle:
-                conn = idle.pop()
-                if conn.state == _IDLE:
-                    conn.state = _BUSY
-                    self.reuses += 1
-                    waiter.connection_ready(conn)
-                    return _noop
-        server = route.server
-        if self._open[server] >= self.max_per_server and not self._evict_idle_of(server):
-            return self._enqueue(route, waiter, connect_timeout, handshake_timeout)
-        conn = self._connect(route, connect_timeout, handshake_timeout)
-        conn._waiter = waiter
-        return lambda: _abandon(conn)
-
-    def _connect(
-        self, route: OriginRoute, connect_timeout: float, handshake_timeout: float
-    ) -> UpstreamConnection:
-        conn = UpstreamConnection(self, route, self.clock.seconds(), handshake_timeout)
-        self._open[route.server] += 1
-        factory: ClientFactory = _ConnectionFactory(conn, connect_timeout)
-        if route.tls:
-            assert route.creator is not None
-            self.handshakes += 1
-            # Our own TLS transport: the request goes out in the read that completes the
-            # handshake (or the call that writes it), not in the next reactor round.
-            factory = OriginTLSFactory(route.creator, factory)
-        self.reactor.connectTCP(route.address, route.port, factory, timeout=connect_timeout)
-        return conn
-
-    def _evict_idle_of(self, server: tuple[str, int]) -> bool:
-        """Close one idle connection of another route to the same server, to make room."""
-        for key, conns in self._idle.items():
-            if key[:2] == server and conns:
-                conns.pop(0).close_idle()
-                return True
-        return False
-
-    def _enqueue(
-        self,
-        route: OriginRoute,
-        waiter: ConnectionWaiter,
-        connect_timeout: float,
-        handshake_timeout: float,
-    ) -> Callable[[], None]:
-        entry = _Waiting(route, waiter, connect_timeout, handshake_timeout)
-        entry.timer = self.clock.callLater(self.queue_timeout, self._queue_timed_out, entry)
-        self._queues.setdefault(route.server, collections.deque()).append(entry)
-
-        def cancel() -> None:
-            if entry.timer.active():
-                entry.timer.cancel()
-            self._dequeue(entry)
-
-        return cancel
-
-    def _dequeue(self, entry: _Waiting) -> None:
-        entry.cancelled = True
-        queue = self._queues.get(entry.route.server)
-        if queue is not None and entry in queue:
-            queue.remove(entry)
-            if not queue:
-                del self._queues[entry.route.server]
-
-    def _queue_timed_out(self, entry: _Waiting) -> None:
-        self._dequeue(entry)
-        entry.waiter.connection_failed(
-            OriginError(
-                ErrorCode.ORIGIN_BUSY,
-                f"no connection slot to {entry.route.label} within {self.queue_timeout:g}s "
-                f"({self.max_per_server} connections open)",
-            )
-        )
-
-    def _serve_queue(self, server: tuple[str, int]) -> None:
-        queue = self._queues.get(server)
-        while queue and self._open[server] < self.max_per_server:
-            entry = queue.popleft()
-            if entry.cancelled:
-                continue
-            entry.timer.cancel()
-            self.acquire(
-                entry.route,
-                entry.waiter,
-                connect_timeout=entry.connect_timeout,
-                handshake_timeout=entry.handshake_timeout,
-            )
-        if queue is not None and not queue:
-            del self._queues[server]
-
-    # -- returning ----------------------------------------------------------
-
-    def release(self, conn: UpstreamConnection) -> None:
-        """A connection whose exchange finished cleanly: keep it, unless it must go."""
-        if conn.state == _CLOSED:
-            return
-        # A slow client may have paused it; an idle pooled connection must be read again.
-        conn.resume_reading()
-        if conn.retired:
-            conn.close_idle()
-            return
-        queue = self._queues.get(conn.route.server)
-        if queue:
-            for entry in queue:
-                if not entry.cancelled and entry.route.pool_key == conn.route.pool_key:
-                    queue.remove(entry)
-                    entry.timer.cancel()
-                    self.reuses += 1
-                    entry.waiter.connection_ready(conn)
-                    return
-        conn.state = _IDLE
-        conn.idle_since = self.clock.seconds()
-        self._idle.setdefault(conn.route.pool_key, []).append(conn)
-        if queue:
-            # Others wait for this server on another route: give them the slot.
-            self._idle[conn.route.pool_key].remove(conn)
-            conn.close_idle()
-
-    def _connection_closed(self, conn: UpstreamConnection) -> None:
-        server = conn.route.server
-        self._open[server] -= 1
-        if self._open[server] <= 0:
-            del self._open[server]
-        idle = self._idle.get(conn.route.pool_key)
-        if idle and conn in idle:
-            idle.remove(conn)
-            if not idle:
-                del self._idle[conn.route.pool_key]
-        if server in self._queues:
-            self._serve_queue(server)
-
-    def _sweep_idle(self) -> None:
-        now = self.clock.seconds()
-        for conns in list(self._idle.values()):
-            for conn in [c for c in conns if now - c.idle_since >= c.route.idle_timeout]:
-                conns.remove(conn)
-                conn.close_idle()
-
-    def retain(self, keys: set[tuple[object, ...]]) -> int:
-        """After a reload: close idle connections of routes that no longer exist."""
-        closed = 0
-        for key in [k for k in self._idle if k not in keys]:
-            for conn in self._idle.pop(key):
-                conn.close_idle()
-                closed += 1
-        return closed
-
-    def idle_count(self, key: tuple[object, ...] | None = None) -> int:
-        if key is not None:
-            return len(self._idle.get(key, ()))
-        return sum(len(v) for v in self._idle.values())
-
-    def open_count(self, server: tuple[str, int]) -> int:
-        return self._open.get(server, 0)
-
-    def open_by_server(self) -> dict[tuple[str, int], int]:
-        return dict(self._open)
-
-    def idle_by_server(self) -> dict[tuple[str, int], int]:
-        counts: collections.Counter[tuple[str, int]] = collections.Counter()
-        for conns in self._idle.values():
-            for conn in conns:
-                counts[conn.route.server] += 1
-        return dict(counts)
-
-
-def _noop() -> None:
-    return None
-
-
-def _abandon(conn: UpstreamConnection) -> None:
-    """The requester gave up while this connection was being set up."""
-    conn._waiter = None

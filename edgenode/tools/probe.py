@@ -32,19 +32,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from edgenode.config import Config, Domain, load_config
+from edgenode.datapath.transport import StreamTransport
 from edgenode.datapath.upstream import connect_failure, setup_failure
 from edgenode.errors import ConfigError, ErrorCode, OriginError
 from edgenode.hostnames import normalize_hostname, validate_sni
 from edgenode.routes import server_label
 from edgenode.runtime import build_runtime
 from edgenode.tls import CertFacts, ConnectionTLS, OriginTLSCreator
+from edgenode.tools.exitcodes import ExitCode
 
 PROG = "edgenode"
-# The `edgenode` command's exit codes (cli.py; SPEC §6). cli imports this module, so
-# they are restated here rather than imported.
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 DEFAULT_CONFIG = "etc/edgenode.yaml"
 SECONDS_PER_DAY = 86400.0
@@ -188,13 +185,14 @@ class HandshakeProbe(Protocol):
     """Runs one TLS handshake, sends nothing, and reports how it ended on `done`.
 
     `done` fires with None once the handshake completed (verification included), or
-    with the OriginError the edge would have reported. The creator hands the
-    connection's facts to `tls`, as it does for the edge's UpstreamConnection.
+    with the OriginError the edge would have reported. `tls` is the connection's facts,
+    filled in by the route's creator, as for the edge's UpstreamConnection.
     """
 
-    tls: ConnectionTLS | None = None
+    transport: StreamTransport  # type: ignore[assignment]  # set by makeConnection
 
-    def __init__(self, clock: Any, handshake_timeout: float) -> None:
+    def __init__(self, clock: Any, handshake_timeout: float, tls: ConnectionTLS) -> None:
+        self.tls = tls
         self.clock = clock
         self.handshake_timeout = handshake_timeout
         self.started = clock.seconds()
@@ -233,12 +231,7 @@ class HandshakeProbe(Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
-        err = OriginError(
-            ErrorCode.ORIGIN_TIMEOUT,
-            f"TLS handshake did not complete within {self.handshake_timeout:g}s",
-        )
-        if self.tls is not None and self.tls.failure is None:
-            self.tls.failure = err
+        err = self.tls.handshake_timed_out(self.handshake_timeout)
         self._capture()
         self._finish(err)
         self.transport.abortConnection()
@@ -246,8 +239,6 @@ class HandshakeProbe(Protocol):
     def _capture(self) -> None:
         """What the handshake got to: the peer certificate, and once it is known the version."""
         tls = self.tls
-        if tls is None:
-            return
         tls.capture_peer()
         if tls.peer is not None:  # the server's first flight arrived: version and cipher are real
             self.version = tls.version
@@ -329,9 +320,10 @@ class ProbeResult:
 
 async def probe_origin(reactor: Any, target: ProbeTarget, plan: ProbePlan) -> ProbeResult:
     """Connect to one origin as the edge would, run the handshake, and judge it."""
-    probe = HandshakeProbe(reactor, target.handshake_timeout)
+    facts = target.creator.facts()
+    probe = HandshakeProbe(reactor, target.handshake_timeout, facts)
     factory = TLSMemoryBIOFactory(
-        target.creator, True, _ProbeFactory(probe, target.connect_timeout)
+        target.creator.connection_creator(facts), True, _ProbeFactory(probe, target.connect_timeout)
     )
     factory.noisy = False
     reactor.connectTCP(target.address, target.port, factory, timeout=target.connect_timeout)
@@ -354,7 +346,7 @@ def judge(
     now: float,
 ) -> ProbeResult:
     """The verdict on one finished probe: `err` is how it ended (None: handshake done)."""
-    cert = probe.tls.peer if probe.tls is not None else None
+    cert = probe.tls.peer
     days_left = (
         math.floor((cert.not_after_ts - now) / SECONDS_PER_DAY) if cert is not None else None
     )
@@ -577,7 +569,7 @@ def _days(days: int | None) -> str:
 # --- The command ---------------------------------------------------------------------------
 
 
-def add_probe_command(subcommands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_probe_command(subcommands: argparse._SubParsersAction[Any]) -> None:
     """`edgenode probe DOMAIN`: handshake with each origin of a domain and explain the result."""
     probe = subcommands.add_parser(
         "probe",
@@ -625,7 +617,7 @@ def run_probe(args: argparse.Namespace) -> int:
         plan = plan_probe(args.config, args.domain, sni=args.sni, timeout=args.timeout)
     except ProbeUsageError as err:
         print(f"{PROG}: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     if plan.domain.origin_protocol != "https":
         note = f"origin_protocol {plan.domain.origin_protocol}: nothing to probe"
         if args.json:
@@ -639,13 +631,13 @@ def run_probe(args: argparse.Namespace) -> int:
             print(json.dumps(doc, indent=2))
         else:
             print(f"{plan.domain.name}: {note}")
-        return EXIT_OK
+        return ExitCode.OK
     results = run_in_reactor(plan)
     if args.json:
         print(json.dumps(report_json(plan, results), indent=2))
     else:
         print(report_text(plan, results), end="")
-    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+    return ExitCode.OK if all(r.ok for r in results) else ExitCode.FAILED
 
 
 def run_in_reactor(plan: ProbePlan) -> list[ProbeResult]:
