@@ -16,8 +16,8 @@ SPEC §3 is the authority. Where it is silent, the loader follows these rules:
 - `origin_sni.enabled` and `origins[].sni` are problems on an `http` domain.
 - `origin_host` and `origins[].address` may be IP literals, kept as written with the
   brackets of IPv6 removed; names are normalised (`edgenode.hostnames`).
-- `listen` and `admin.listen` are parsed with Twisted against an in-memory reactor, so
-  nothing is bound; TCP and SSL ports must also be 0..65535.
+- `listen` and `admin.listen` are read as Twisted reads them, binding nothing
+  (`edgenode.endpoints`); TCP and SSL ports must also be 0..65535.
 - Timeouts are finite numbers of seconds above 0; `tls.ca_file` must exist and hold at
   least one PEM certificate; `tls.min_version` also takes the YAML numbers 1.2 and 1.3.
 - `workers` is 1..1024 or "auto" (one per CPU core, resolved when loading); more than one
@@ -30,7 +30,6 @@ import difflib
 import math
 import os
 import reprlib
-import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -38,15 +37,8 @@ from typing import Any, Final, Literal
 
 import attrs
 import yaml
-from twisted.internet.endpoints import (
-    SSL4ServerEndpoint,
-    TCP4ServerEndpoint,
-    TCP6ServerEndpoint,
-    serverFromString,
-)
-from twisted.internet.protocol import Factory
-from twisted.internet.testing import MemoryReactor
 
+from edgenode.endpoints import ENDPOINT_EXAMPLE, EndpointError, parse_server_endpoint
 from edgenode.errors import ConfigError, Problem
 from edgenode.hostnames import is_ip_literal, normalize_hostname, strip_ip_brackets, validate_sni
 
@@ -186,7 +178,6 @@ _ORIGIN_SNI_KEYS: Final = ("enabled", "value")
 _ORIGIN_KEYS: Final = ("address", "port", "priority", "weight", "sni")
 _PROTOCOLS: Final = ("https", "http")
 _TLS_VERSIONS: Final = ("1.2", "1.3")
-_ENDPOINT_EXAMPLE: Final = "e.g. 'tcp:8080:interface=127.0.0.1'"
 _PEM_CERTIFICATE: Final = b"-----BEGIN CERTIFICATE-----"
 MAX_WORKERS: Final = 1024
 
@@ -470,12 +461,13 @@ class _Section:
             return default
         if not isinstance(value, str):
             self.report(
-                key, f"must be a Twisted endpoint string, {_ENDPOINT_EXAMPLE}, got {_show(value)}"
+                key, f"must be a Twisted endpoint string, {ENDPOINT_EXAMPLE}, got {_show(value)}"
             )
             return default
-        problem = _endpoint_problem(value)
-        if problem is not None:
-            self.report(key, problem)
+        try:
+            parse_server_endpoint(value)
+        except EndpointError as exc:
+            self.report(key, str(exc))
             return default
         return value
 
@@ -503,7 +495,7 @@ def _read_config(top: _Section, source: Path | None) -> Config:
     timeouts = _read_timeouts(top.section("timeouts", "timeout names to seconds"), Timeouts())
     listen = top.endpoint("listen", _DEFAULT_CONFIG.listen)
     workers = _read_workers(top)
-    if workers > 1 and tcp_listen(listen) is None:
+    if workers > 1 and not _shareable(listen):
         top.report("workers", workers_listen_problem(workers, listen))
     return Config(
         listen=listen,
@@ -535,7 +527,7 @@ def apply_overrides(config: Config, overrides: Mapping[str, str]) -> Config:
         except ValueError as exc:
             raise ConfigError([Problem("--workers", str(exc))], source=source) from None
         config = attrs.evolve(config, workers=workers)
-    if config.workers > 1 and tcp_listen(config.listen) is None:
+    if config.workers > 1 and not _shareable(config.listen):
         problem = Problem("workers", workers_listen_problem(config.workers, config.listen))
         raise ConfigError([problem], source=source)
     return config
@@ -907,56 +899,12 @@ def _read_origin_own_sni(origin: _Section, protocol: str) -> str | None:
 # --- Endpoints -----------------------------------------------------------------------------
 
 
-def _endpoint_problem(value: str) -> str | None:
-    """Why `value` is not a usable Twisted server endpoint string, or None if it is.
-
-    The string is parsed against an in-memory reactor, so nothing is bound. TCP and SSL
-    endpoints are also "listened" on that reactor to see the port, which Twisted itself
-    only checks when binding.
-    """
-    reactor = MemoryReactor()
+def _shareable(listen: str) -> bool:
+    """Whether workers can share `listen`: a tcp:/tcp6: endpoint, which the supervisor binds."""
     try:
-        endpoint = serverFromString(reactor, value)
-    except Exception as exc:
-        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        return f"{value!r} is not a valid Twisted endpoint string ({reason}); {_ENDPOINT_EXAMPLE}"
-    if isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint | SSL4ServerEndpoint):
-        endpoint.listen(Factory()).addErrback(lambda _: None)
-        for port, *_ in (*reactor.tcpServers, *reactor.sslServers):
-            if not 0 <= port <= 65535:
-                return f"{value!r} has port {port}; a port is 0..65535, {_ENDPOINT_EXAMPLE}"
-    return None
-
-
-@attrs.frozen
-class TCPListen:
-    """A `tcp:`/`tcp6:` listen endpoint, as the workers' supervisor binds it itself."""
-
-    family: socket.AddressFamily
-    interface: str  # "" (IPv4) or "::" (IPv6) = every address
-    port: int
-    backlog: int
-
-
-def tcp_listen(description: str) -> TCPListen | None:
-    """The address a `tcp:`/`tcp6:` server endpoint string listens on; None for other kinds.
-
-    Parsed by Twisted against an in-memory reactor, so the defaults (backlog 50, every
-    interface) and the escaping rules are exactly those of `serverFromString`.
-    """
-    reactor = MemoryReactor()
-    try:
-        endpoint = serverFromString(reactor, description)
-    except Exception:
-        return None
-    if not isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
-        return None
-    endpoint.listen(Factory()).addErrback(lambda _: None)
-    if not reactor.tcpServers:
-        return None
-    port, _factory, backlog, interface = reactor.tcpServers[0]
-    family = socket.AF_INET6 if isinstance(endpoint, TCP6ServerEndpoint) else socket.AF_INET
-    return TCPListen(family, interface, port, backlog)
+        return parse_server_endpoint(listen).is_tcp
+    except EndpointError:  # a --listen (overrides are not parsed before the edge listens)
+        return False
 
 
 # --- Message helpers -----------------------------------------------------------------------

@@ -10,11 +10,18 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 
+from edgenode.config import config_from_mapping
+from edgenode.control.admin import AdminResource, AdminSite, ReloadResult
+from edgenode.runtime import RuntimeHolder, build_runtime
 from tests.support.edge import EdgeProcess
 from tests.support.net import free_port
 from tests.support.origin import TLSOrigin
@@ -365,3 +372,50 @@ def test_config_and_domain_views(edge_factory, pki, origin) -> None:
     assert missing.status == 404
     assert edge.admin_request("GET", "/domains/../config").status == 404
     assert edge.admin_request("DELETE", "/config").status == 405
+
+
+# --- In memory: the reload answer --------------------------------------------------------------
+
+
+def _admin_channel(reload: Any) -> tuple[Any, StringTransport]:
+    """The admin site's protocol for one connection, on a StringTransport and a Clock."""
+    config = config_from_mapping(
+        {"domains": {"a.test": {"origin_protocol": "http", "origins": [{"address": "192.0.2.1"}]}}},
+        base_dir=Path("."),
+    )
+    holder = RuntimeHolder(build_runtime(config, 1))
+    channel = AdminSite(AdminResource(holder, "tok", reload)).buildProtocol(None)
+    channel.callLater = Clock().callLater
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+POST_RELOAD = (
+    b"POST /reload HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer tok\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
+
+
+def test_reload_is_answered_when_its_deferred_fires() -> None:
+    """POST /reload answers once the reload is done (a supervisor's waits for its workers),
+    with the outcome's status and a Content-Length."""
+    pending: defer.Deferred[ReloadResult] = defer.Deferred()
+    triggers: list[str] = []
+    channel, transport = _admin_channel(lambda trigger: triggers.append(trigger) or pending)
+    channel.dataReceived(POST_RELOAD)
+    assert triggers == ["admin"] and transport.value() == b""
+    pending.callback(ReloadResult(False, 3, changed={"added": []}, errors=({"path": "x"},)))
+    head, _, body = transport.value().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500 ")
+    assert b"\r\nContent-Length: %d" % len(body) in head
+    assert json.loads(body)["errors"] == [{"path": "x"}]
+
+
+def test_a_failing_reload_is_answered_500_and_logged() -> None:
+    """A reload that fails (our bug) answers 500 internal_error, not a hung request."""
+    channel, transport = _admin_channel(lambda trigger: defer.fail(RuntimeError("bug")))
+    channel.dataReceived(POST_RELOAD)
+    head, _, body = transport.value().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500 ")
+    assert json.loads(body)["error"] == "internal_error"

@@ -177,6 +177,23 @@ def test_demo_config_is_a_validated_config(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("listen", "base"),
+    [
+        ("tcp:8080:interface=127.0.0.1", "http://127.0.0.1:8080/"),
+        ("tcp6:8080", "http://[::1]:8080/"),
+        (r"tcp6:8080:interface=\:\:1", "http://[::1]:8080/"),
+        ("unix:/tmp/edge.sock", "http://127.0.0.1:PORT/"),
+    ],
+)
+def test_announcement_points_curl_at_the_listener(tmp_path: Path, listen: str, base: str) -> None:
+    """curl is pointed at the listener's own address, IPv6 in brackets, a placeholder port
+    for a listener that has none."""
+    pki = make_pki(tmp_path)
+    config = demo_config(tmp_path, pki.ca_file, 4430, listen=listen, admin_listen="tcp:8081")
+    assert f"curl -H 'Host: a.demo.test' {base}" in announcement(config, 4430, tmp_path)
+
+
+@pytest.mark.parametrize(
     ("argv", "error"),
     [
         ([], "--config FILE is required (or --demo)"),

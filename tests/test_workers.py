@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -30,7 +31,14 @@ from twisted.python.failure import Failure
 
 from edgenode.accesslog import parse_line
 from edgenode.control.service import Options, makeService
-from edgenode.control.workers import STABLE_AFTER, ControlChannel, WorkerPool, WorkerProcess
+from edgenode.control.workers import (
+    STABLE_AFTER,
+    ControlChannel,
+    WorkerPool,
+    WorkerProcess,
+    bind_listeners,
+)
+from edgenode.endpoints import parse_server_endpoint
 from tests.support.edge import EdgeProcess, Response
 from tests.support.net import LOOPBACK, free_port
 from tests.support.origin import TLSOrigin
@@ -548,4 +556,56 @@ def test_a_stopping_pool_restarts_nobody(tmp_path) -> None:
     clock.advance(0.1)
     assert stopped.called
     assert len(clock.spawned) == 2
+    assert clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize(
+    ("listen", "family"),
+    [
+        ("tcp:0:interface=127.0.0.1:backlog=7", socket.AF_INET),
+        (r"tcp6:0:interface=\:\:1", socket.AF_INET6),
+    ],
+)
+def test_the_supervisor_binds_one_socket_per_worker_on_one_port(
+    listen: str, family: socket.AddressFamily
+) -> None:
+    """Each worker gets its own non-blocking socket of the endpoint's family, on one port."""
+    sockets = bind_listeners(parse_server_endpoint(listen), 3)
+    try:
+        assert len({sock.fileno() for sock in sockets}) == 3
+        assert len({sock.getsockname()[1] for sock in sockets}) == 1
+        assert all(sock.family == family and not sock.getblocking() for sock in sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_control_channel_answers_a_deferred_answer_when_it_fires() -> None:
+    """A command whose answer comes later (a reload) is answered then, with its id."""
+    pending: defer.Deferred[dict[str, Any]] = defer.Deferred()
+    channel = ControlChannel(lambda message: pending, lambda: None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b'{"id": 9, "cmd": "reload"}\n')
+    assert transport.value() == b""
+    pending.callback({"ok": True, "generation": 4})
+    assert json.loads(transport.value()) == {"ok": True, "generation": 4, "id": 9}
+
+
+def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace(tmp_path) -> None:
+    """stop(): SIGTERM, then SIGKILL for a worker still running after the grace; it fires
+    once that worker is reaped, with nothing left scheduled."""
+    clock = _SpawningClock()
+    pool = WorkerPool(clock, 2, ["python"], {}, tmp_path, listen_fds=[11, 12])
+    pool.start()
+    polite, stubborn = [w for w in pool.workers if w is not None]
+    stopped = pool.stop(grace=5.0)
+    _died(polite, signal.SIGTERM)
+    clock.advance(4.9)
+    assert stubborn.transport.signals == [signal.SIGTERM]  # type: ignore[union-attr]
+    clock.advance(0.1)
+    assert stubborn.transport.signals == [signal.SIGTERM, signal.SIGKILL]  # type: ignore[union-attr]
+    assert not stopped.called
+    _died(stubborn, signal.SIGKILL)
+    assert stopped.called
     assert clock.getDelayedCalls() == []

@@ -79,20 +79,6 @@ def ensure_token(path: Path) -> str:
     return token
 
 
-def is_loopback_endpoint(description: str) -> bool:
-    """Whether a Twisted server endpoint string only accepts connections from this host."""
-    kind, _, rest = description.partition(":")
-    if kind == "unix":
-        return True
-    if kind not in ("tcp", "tcp6"):
-        return False
-    for part in rest.split(":"):
-        if part.startswith("interface="):
-            iface = part[len("interface=") :].replace("\\", "")
-            return iface in ("127.0.0.1", "::1", "localhost") or iface.startswith("127.")
-    return False
-
-
 class AdminResource(Resource):
     """Every endpoint of the admin API; all but GET /healthz need the bearer token."""
 
@@ -102,7 +88,7 @@ class AdminResource(Resource):
         self,
         holder: RuntimeHolder,
         token: str,
-        reload: Callable[[str], ReloadResult | Deferred[ReloadResult]],
+        reload: Callable[[str], Deferred[ReloadResult]],
         metrics: Callable[[], bytes] | None = None,
         workers: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
@@ -138,10 +124,7 @@ class AdminResource(Resource):
         if path == b"/reload":
             if method != b"POST":
                 return _method_not_allowed(request, b"POST")
-            result = self._reload("admin")
-            if isinstance(result, Deferred):
-                return self._reload_reply(request, result)
-            return _json(request, result.status, result.to_json())
+            return self._reload_reply(request, self._reload("admin"))
         if path == b"/workers" and self._workers is not None:
             if method not in (b"GET", b"HEAD"):
                 return _method_not_allowed(request, b"GET")
@@ -164,24 +147,25 @@ class AdminResource(Resource):
         )
 
     def _reload_reply(self, request: Request, result: Deferred[ReloadResult]) -> Any:
-        """Answer once every worker has answered. A client that leaves does not cancel the
-        reload: the supervisor has applied it and must see it through on every worker."""
+        """Answer when the reload is done: at once in an edge, once every worker has answered
+        in a supervisor. A client that leaves does not cancel the reload: a supervisor has
+        applied it and must see it through on every worker."""
         gone: list[Failure] = []
         request.notifyFinish().addErrback(gone.append)
 
-        def reply(outcome: ReloadResult) -> None:
+        def answer(status: int, body: dict[str, Any]) -> None:
             if not gone:
-                request.write(_json(request, outcome.status, outcome.to_json()))
+                data = _json(request, status, body)
+                # Framed as a body returned from render() is, whenever the answer comes.
+                request.setHeader(b"Content-Length", b"%d" % len(data))
+                request.write(data)
                 request.finish()
 
         def failed(failure: Failure) -> None:
             log.failure("reload failed", failure)
-            if not gone:
-                body = {"error": "internal_error", "detail": "the reload failed; see the log"}
-                request.write(_json(request, 500, body))
-                request.finish()
+            answer(500, {"error": "internal_error", "detail": "the reload failed; see the log"})
 
-        result.addCallbacks(reply, failed)
+        result.addCallbacks(lambda outcome: answer(outcome.status, outcome.to_json()), failed)
         return NOT_DONE_YET
 
     def _authorized(self, request: Request) -> bool:

@@ -33,10 +33,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
-from twisted.internet.protocol import Factory
-from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.resource import Resource
@@ -44,6 +41,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from edgenode.config import Config, config_from_mapping
+from edgenode.endpoints import parse_server_endpoint
 
 log = Logger()
 
@@ -351,18 +349,13 @@ def announcement(config: Config, origin_port: int, directory: Path) -> str:
 
 
 def _client_address(listen: str) -> tuple[str, int | None]:
-    """Where curl reaches a listener given as a Twisted endpoint string (tcp only)."""
-    reactor = MemoryReactor()
-    endpoint = serverFromString(reactor, listen)
-    if isinstance(endpoint, TCP4ServerEndpoint | TCP6ServerEndpoint):
-        endpoint.listen(Factory())
-        port, _, _, interface = reactor.tcpServers[0]
-        if interface in ("", "0.0.0.0"):
-            return LOOPBACK, port
-        if interface == "::":
-            return "[::1]", port
-        return (f"[{interface}]" if ":" in interface else interface), port
-    return LOOPBACK, None
+    """Where curl reaches a listener given as a Twisted endpoint string (tcp only), as a
+    URL's host (an IPv6 literal in brackets)."""
+    address = parse_server_endpoint(listen).local_address()
+    if address is None:
+        return LOOPBACK, None
+    host, port = address
+    return (f"[{host}]" if ":" in host else host), port
 
 
 def log_reaches_stdout(twistd_options: Mapping[str, Any] | None) -> bool:

@@ -1,9 +1,9 @@
 """Worker processes: a supervisor binds the client listener once and N workers serve it.
 
 With `workers: N` (N > 1) the twistd process is a supervisor. It serves no client: it
-binds `listen`, spawns N workers (`twistd edgenode --worker STATE`, each the usual
-`EdgeService` on its socket), restarts a worker that dies, forwards SIGUSR1, stops them
-with SIGTERM, and runs the one admin API. A reload is validated here first and only
+binds `listen`, spawns N workers (`twistd edgenode --worker STATE`, each a `WorkerService`:
+the edge's data path on its socket), restarts a worker that dies, forwards SIGUSR1, stops
+them with SIGTERM, and runs the one admin API. A reload is validated here first and only
 then announced to every worker, which answers on its control channel.
 
 Per worker process: fd 0 carries the supervisor's commands (one JSON object a line),
@@ -67,7 +67,7 @@ import attrs
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
-from twisted.internet import defer, error, protocol, task
+from twisted.internet import defer, error, protocol
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.stdio import StandardIO
 from twisted.logger import (
@@ -80,8 +80,9 @@ from twisted.logger import (
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
-from edgenode.config import Config, TCPListen, apply_overrides, parse_config
+from edgenode.config import Config, apply_overrides, parse_config
 from edgenode.datapath.monitor import supervisor_families
+from edgenode.endpoints import ServerEndpoint
 
 log = Logger()
 
@@ -166,21 +167,27 @@ def read_state(path: str | Path) -> WorkerState:
 # --- The listening socket --------------------------------------------------------------------
 
 
-def bind_listeners(address: TCPListen, count: int, *, share: str = SHARE) -> list[socket.socket]:
-    """The client listener, bound here (before twistd drops privileges), one socket per
-    worker: with "reuseport" `count` sockets in one SO_REUSEPORT group, so the kernel
-    spreads new connections evenly over them; with "inherit" one socket, `count` times.
+def bind_listeners(
+    listen: ServerEndpoint, count: int, *, share: str = SHARE
+) -> list[socket.socket]:
+    """The client listener (a tcp:/tcp6: endpoint), bound here (before twistd drops
+    privileges), one socket per worker: with "reuseport" `count` sockets in one SO_REUSEPORT
+    group, so the kernel spreads new connections evenly over them; with "inherit" one
+    socket, `count` times.
 
     A worker that dies leaves its socket here: connections the kernel queued on it wait
     for its replacement instead of being reset.
     """
+    interface, port, backlog = listen.interface, listen.port, listen.backlog
+    # The config refuses workers on any other kind, and a TCP endpoint has all three.
+    assert listen.is_tcp and interface is not None and port is not None and backlog is not None
     if share != "reuseport":
-        return [_bind(address, reuseport=False)] * count
-    sockets = [_bind(address, reuseport=True)]
+        return [_bind(listen.family, (interface, port), backlog, reuseport=False)] * count
+    sockets = [_bind(listen.family, (interface, port), backlog, reuseport=True)]
     try:
         port = sockets[0].getsockname()[1]  # the port the kernel chose, for `tcp:0`
         for _ in range(count - 1):
-            sockets.append(_bind(attrs.evolve(address, port=port), reuseport=True))
+            sockets.append(_bind(listen.family, (interface, port), backlog, reuseport=True))
     except OSError:
         for sock in sockets:
             sock.close()
@@ -188,16 +195,18 @@ def bind_listeners(address: TCPListen, count: int, *, share: str = SHARE) -> lis
     return sockets
 
 
-def _bind(address: TCPListen, *, reuseport: bool) -> socket.socket:
+def _bind(
+    family: socket.AddressFamily, address: tuple[str, int], backlog: int, *, reuseport: bool
+) -> socket.socket:
     """A listening socket as Twisted makes one (SO_REUSEADDR), but non-blocking from the
     start: a worker's reactor must never block in accept(), where no signal reaches it."""
-    sock = socket.socket(address.family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuseport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((address.interface, address.port))
-        sock.listen(address.backlog)
+        sock.bind(address)
+        sock.listen(backlog)
         sock.setblocking(False)
     except OSError:
         sock.close()
@@ -217,27 +226,44 @@ def adopt_listener(reactor: Any, family: socket.AddressFamily, factory: Any) -> 
 # --- The worker's end of the control channel -------------------------------------------------
 
 
+Answer = dict[str, Any] | defer.Deferred[dict[str, Any]]  # a reload's answer comes when done
+
+
 class ControlChannel(LineOnlyReceiver):
-    """A worker's end: commands in on fd 0, answers and events out on fd 3, JSON lines."""
+    """A worker's end: commands in on fd 0, answers and events out on fd 3, JSON lines.
+
+    Each command is answered once its handler's answer is there (at once, or when its
+    Deferred fires), with the command's id.
+    """
 
     delimiter = b"\n"
     MAX_LENGTH = MAX_LINE
 
     def __init__(
-        self, handle: Callable[[dict[str, Any]], dict[str, Any]], lost: Callable[[], None]
+        self, handle: Callable[[dict[str, Any]], Answer], lost: Callable[[], None]
     ) -> None:
         self._handle = handle
         self._lost = lost
 
     def lineReceived(self, line: bytes) -> None:
         message: Any = None
+        answer: defer.Deferred[dict[str, Any]]
         try:
             message = json.loads(line)
-            answer = self._handle(message)
+            handled = self._handle(message)
         except Exception:
-            log.failure("control command {line!r} failed", line=line[:200])
-            answer = {"ok": False, "errors": [{"path": "", "message": "the worker failed"}]}
-        self.send({**answer, "id": message.get("id") if isinstance(message, dict) else None})
+            answer = defer.fail()
+        else:
+            answer = handled if isinstance(handled, defer.Deferred) else defer.succeed(handled)
+
+        def failed(failure: Failure) -> dict[str, Any]:
+            log.failure("control command {line!r} failed", failure, line=line[:200])
+            return {"ok": False, "errors": [{"path": "", "message": "the worker failed"}]}
+
+        def send(result: dict[str, Any]) -> None:
+            self.send({**result, "id": message.get("id") if isinstance(message, dict) else None})
+
+        answer.addErrback(failed).addCallback(send)
 
     def send(self, message: dict[str, Any]) -> None:
         self.sendLine(json.dumps(message).encode())
@@ -420,6 +446,7 @@ class WorkerPool:
         self._quick_deaths = [0] * count
         self._timers: dict[int, Any] = {}
         self._retiring: set[WorkerProcess] = set()  # replaced, still draining
+        self._all_ended: list[defer.Deferred[None]] = []  # stop()'s waits, not fired yet
         self.stopping = False
 
     def start(self) -> None:
@@ -454,6 +481,10 @@ class WorkerPool:
             log.info(
                 "worker {worker} (pid {pid}) {how}", worker=worker.number, pid=worker.pid, how=how
             )
+            if not self.running():
+                waiting, self._all_ended = self._all_ended, []
+                for ended in waiting:
+                    ended.callback(None)
             return
         quick = self.reactor.seconds() - worker.started < STABLE_AFTER
         delay = self._next_delay(index, quick=quick)
@@ -544,7 +575,8 @@ class WorkerPool:
         return defer.Deferred.fromCoroutine(self._reap(grace))
 
     async def _reap(self, grace: float) -> None:
-        await self._until_all_ended(grace)
+        if await self._all_ended_within(grace):
+            return
         for worker in self.running():
             log.warn(
                 "worker {worker} (pid {pid}) still running {grace:g}s after SIGTERM; killing it",
@@ -553,12 +585,24 @@ class WorkerPool:
                 grace=grace,
             )
             worker.signal(signal.SIGKILL)
-        await self._until_all_ended(KILL_WAIT)
+        await self._all_ended_within(KILL_WAIT)
 
-    async def _until_all_ended(self, timeout: float) -> None:
-        deadline = self.reactor.seconds() + timeout
-        while self.running() and self.reactor.seconds() < deadline:
-            await task.deferLater(self.reactor, 0.05, lambda: None)
+    async def _all_ended_within(self, timeout: float) -> bool:
+        """Whether every worker process has ended (been reaped) within `timeout` seconds."""
+        if not self.running():
+            return True
+        ended: defer.Deferred[None] = defer.Deferred(self._forget_wait)
+        self._all_ended.append(ended)
+        ended.addTimeout(timeout, self.reactor)
+        try:
+            await ended
+        except defer.TimeoutError:
+            return False
+        return True
+
+    def _forget_wait(self, ended: defer.Deferred[None]) -> None:
+        if ended in self._all_ended:
+            self._all_ended.remove(ended)
 
     def describe(self, requests_of: Callable[[int], int]) -> list[dict[str, Any]]:
         now = self.reactor.seconds()

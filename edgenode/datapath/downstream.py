@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import attrs
 import httptools
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TwistedProtocol
@@ -308,7 +309,7 @@ class DownstreamProtocol(TwistedProtocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.lost = True
         self._writer.connection_lost()
-        self.factory.connections.discard(self)
+        self.factory.connection_closed(self)
         self._cancel_timer()
         req, self.current = self.current, None
         if req is not None and req.sink is not None and not req.responded:
@@ -872,9 +873,27 @@ class DownstreamFactory(Factory):
         self.limits = limits
         self.clock = clock
         self.connections: set[DownstreamProtocol] = set()
+        self._closed_waiters: list[Deferred[None]] = []  # when_closed()'s, not fired yet
 
     def buildProtocol(self, addr: Any) -> DownstreamProtocol:
         return DownstreamProtocol(self)
+
+    def connection_closed(self, conn: DownstreamProtocol) -> None:
+        self.connections.discard(conn)
+        if not self.connections and self._closed_waiters:
+            waiters, self._closed_waiters = self._closed_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def when_closed(self) -> Deferred[None]:
+        """Fires once no client connection is open (at once if none is): a graceful stop
+        waits on it, after `drain`, so that every response leaves whole. Cancelling it (a
+        timeout) only stops the wait."""
+        if not self.connections:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred(self._closed_waiters.remove)
+        self._closed_waiters.append(waiter)
+        return waiter
 
     def drain(self) -> None:
         for conn in list(self.connections):

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from edgenode.config import Config, load_config
+from edgenode.endpoints import parse_server_endpoint
 from edgenode.errors import ConfigError
 from edgenode.tools.exitcodes import ExitCode
 from edgenode.tools.probe import add_probe_command
@@ -178,23 +179,12 @@ def admin_call(
 
 
 def admin_address(listen: str) -> tuple[str, int]:
-    """Where to reach a `tcp:PORT[:interface=ADDR]` admin listener from this host."""
-    kind, _, rest = listen.partition(":")
-    if kind not in ("tcp", "tcp6"):
+    """Where to reach a `tcp:`/`tcp6:` admin listener from this host; raises ValueError
+    for other kinds (an `EndpointError`, a ValueError, for a string that is none)."""
+    address = parse_server_endpoint(listen).local_address()
+    if address is None:
         raise ValueError(f"only tcp admin listeners can be reached by this tool, not {listen!r}")
-    port: int | None = None
-    host = "127.0.0.1" if kind == "tcp" else "::1"
-    for part in rest.split(":"):
-        key, eq, value = part.partition("=")
-        if not eq:
-            port = int(key)
-        elif key == "port":
-            port = int(value)
-        elif key == "interface" and value not in ("0.0.0.0", "::"):
-            host = value.replace("\\", "")
-    if port is None:
-        raise ValueError(f"no port in admin listener {listen!r}")
-    return host, port
+    return address
 
 
 # The registered subcommands (SPEC §2), in the order `--help` lists them.
