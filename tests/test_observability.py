@@ -18,6 +18,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from edgenode.accesslog import FIELDS, AccessLog, AccessRecord
 from tests.support.origin import TLSOrigin
 from tests.support.pki import PKI
+from tests.support.waiting import wait_until
 
 
 def _config(pki: PKI, origin: TLSOrigin) -> dict[str, Any]:
@@ -112,20 +113,16 @@ def test_rotation_by_mv_and_sigusr1_loses_no_line(edge_factory, pki, origin) -> 
     for t in threads:
         t.start()
     try:
-        deadline = time.monotonic() + 10
-        while len(ids) < 100:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: len(ids) >= 100, 10, "100 requests before the rotation")
         os.rename(log_path, edge.dir / "access.log.1")
         edge.signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 10
-        while not log_path.exists() or log_path.stat().st_size == 0:
-            assert time.monotonic() < deadline, edge.log_text()
-            time.sleep(0.01)
+        wait_until(
+            lambda: log_path.exists() and log_path.stat().st_size > 0,
+            10,
+            "a new access log after SIGUSR1",
+        )
         count = len(ids)
-        while len(ids) < count + 100:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: len(ids) >= count + 100, 10, "100 requests after the rotation")
     finally:
         stop.set()
         for t in threads:
@@ -150,9 +147,8 @@ def test_a_full_disk_loses_access_log_lines_not_requests(edge_factory, pki, orig
     edge = edge_factory(config)
     for _ in range(5):
         assert edge.request("GET", "/", host="a.test").status == 200
-    deadline = time.monotonic() + 10
-    while "lines lost" not in edge.log_text() and time.monotonic() < deadline:
-        time.sleep(0.1)  # the flusher runs once a second
+    # The flusher runs once a second.
+    wait_until(lambda: "lines lost" in edge.log_text(), 10, "the report of lost lines")
     text = edge.log_text()
     assert "access log /dev/full: 5 lines lost (OSError: No space left on device)" in text
     for _ in range(5):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +19,7 @@ from tests.support.faults import FaultyOrigin, Silent
 from tests.support.net import LOOPBACK, free_port
 from tests.support.origin import Servers, TLSOrigin
 from tests.support.pki import PKI
+from tests.support.waiting import wait_until
 
 EdgeFactory = Callable[..., EdgeProcess]
 
@@ -44,32 +44,11 @@ def start(edge_factory: EdgeFactory, config: dict[str, Any]) -> EdgeProcess:
     return edge_factory(config, wait_admin=False)
 
 
-def record_of(edge: EdgeProcess, request_id: str | None, timeout: float = 5.0) -> dict[str, Any]:
-    """The access-log record with this request id (bounded wait)."""
-    assert request_id, "no request id"
-    deadline = time.monotonic() + timeout
-    while True:
-        for record in edge.access_records():
-            if record["request_id"] == request_id:
-                return record
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"no access-log record for {request_id}: {edge.access_records()}")
-        time.sleep(0.02)
-
-
 def only_record(edge: EdgeProcess) -> dict[str, Any]:
     """The access log's single record (for responses whose head never reached the client)."""
     records = edge.access_records(1)
     assert len(records) == 1, records
     return records[0]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.02)
 
 
 class Background:
@@ -115,7 +94,7 @@ def test_refused_primary_fails_over_to_the_backup(
     resp = edge.request("GET", "/failover", host="a.test")
     assert resp.status == 200, resp.text
     assert resp.json()["path"] == "/failover"
-    record = record_of(edge, resp.header("X-Edge-Request-Id"))
+    record = edge.record(resp.header("X-Edge-Request-Id"))
     assert record["attempts"] == 2
     assert record["origin"] == f"{LOOPBACK}:{backup.port}"
     assert record["error"] is None
@@ -129,7 +108,7 @@ def test_all_origins_refusing_is_origin_connect_failed(edge_factory: EdgeFactory
     resp = edge.request("GET", "/", host="a.test")
     assert resp.status == 502
     assert "origin_connect_failed" in resp.text
-    record = record_of(edge, resp.header("X-Edge-Request-Id"))
+    record = edge.record(resp.header("X-Edge-Request-Id"))
     assert (record["error"], record["attempts"]) == ("origin_connect_failed", 2)
     assert "refused" in record["error_detail"]
 
@@ -167,7 +146,7 @@ def test_pooled_connection_dropped_on_reuse_is_retried_on_a_fresh_one(
     responses = [edge.request("GET", f"/s{i}", host="a.test") for i in range(4)]
     assert [r.status for r in responses] == [200] * 4, [r.text for r in responses]
     assert [r.json()["path"] for r in responses] == ["/s0", "/s1", "/s2", "/s3"]
-    records = [record_of(edge, r.header("X-Edge-Request-Id")) for r in responses]
+    records = [edge.record(r.header("X-Edge-Request-Id")) for r in responses]
     assert [r["attempts"] for r in records] == [1, 2, 2, 2]
     assert [r["error"] for r in records] == [None] * 4
     assert [r["connection_reused"] for r in records] == [False] * 4  # the answering connection
@@ -181,7 +160,7 @@ def test_origin_closing_after_each_response_causes_no_client_error(
     edge = start(edge_factory, edge_config(pki, [at(origin.port)]))
     responses = [edge.request("GET", f"/c{i}", host="a.test") for i in range(5)]
     assert [r.status for r in responses] == [200] * 5, [r.text for r in responses]
-    records = [record_of(edge, r.header("X-Edge-Request-Id")) for r in responses]
+    records = [edge.record(r.header("X-Edge-Request-Id")) for r in responses]
     assert all(r["attempts"] in (1, 2) and r["error"] is None for r in records), records
     assert {r.json()["req_on_conn"] for r in responses} == {1}
 
@@ -201,7 +180,7 @@ def test_post_is_not_retried_after_the_origin_hangs_up(
     )
     resp = edge.request("POST", "/order", host="a.test", body=b"pay once")
     assert resp.status == 502
-    record = record_of(edge, resp.header("X-Edge-Request-Id"))
+    record = edge.record(resp.header("X-Edge-Request-Id"))
     assert (record["error"], record["attempts"]) == ("origin_protocol_error", 1)
     assert len(hangup.heads) == 1 and hangup.heads[0].startswith(b"POST /order ")
     assert backup.requests == []
@@ -220,7 +199,7 @@ def test_get_is_retried_on_the_next_origin_after_the_origin_hangs_up(
     resp = edge.request("GET", "/idempotent", host="a.test")
     assert resp.status == 200, resp.text
     assert resp.json()["path"] == "/idempotent"
-    record = record_of(edge, resp.header("X-Edge-Request-Id"))
+    record = edge.record(resp.header("X-Edge-Request-Id"))
     assert (record["attempts"], record["error"]) == (2, None)
     assert record["origin"] == f"{LOOPBACK}:{backup.port}"
     assert len(hangup.heads) == 1
@@ -240,7 +219,7 @@ def test_origin_that_never_handshakes_is_a_timeout(
     resp = edge.request("GET", "/", host="a.test")
     assert resp.status == 504
     assert "origin_timeout" in resp.text
-    record = record_of(edge, resp.header("X-Edge-Request-Id"))
+    record = edge.record(resp.header("X-Edge-Request-Id"))
     assert record["error"] == "origin_timeout"
     assert "handshake" in record["error_detail"]
 
@@ -256,7 +235,7 @@ def test_origin_that_never_sends_response_headers_is_a_timeout(
     resp = edge.request("GET", "/delay/5", host="a.test")
     assert resp.status == 504
     assert "origin_timeout" in resp.text
-    record = record_of(edge, resp.header("X-Edge-Request-Id"))
+    record = edge.record(resp.header("X-Edge-Request-Id"))
     assert record["error"] == "origin_timeout"
     assert "response headers" in record["error_detail"]
     assert [r["path"] for r in origin.requests] == ["/delay/5"]
@@ -318,7 +297,7 @@ def test_malformed_status_line_is_a_protocol_error(
     resp = edge.request("GET", "/", host="a.test")
     assert resp.status == 502
     assert "origin_protocol_error" in resp.text
-    record = record_of(edge, resp.header("X-Edge-Request-Id"))
+    record = edge.record(resp.header("X-Edge-Request-Id"))
     assert record["error"] == "origin_protocol_error"
     assert len(garbage.heads) == 1
 
@@ -337,7 +316,7 @@ def test_no_connection_slot_within_the_queue_timeout_is_origin_busy(
     resp = edge.request("GET", "/second", host="a.test")
     assert resp.status == 503
     assert "origin_busy" in resp.text
-    record = record_of(edge, resp.header("X-Edge-Request-Id"))
+    record = edge.record(resp.header("X-Edge-Request-Id"))
     assert record["error"] == "origin_busy"
     assert slow.result().status == 200
     assert [r["path"] for r in origin.requests] == ["/delay/3"]

@@ -55,19 +55,6 @@ def edge(edge_factory: EdgeFactory, origin: TLSOrigin, pki: PKI) -> EdgeProcess:
     return edge_factory(edge_config(pki, origin), wait_admin=False)
 
 
-def record_of(edge: EdgeProcess, request_id: str | None, timeout: float = 5.0) -> dict[str, Any]:
-    """The access-log record with this request id (bounded wait)."""
-    assert request_id, "no request id"
-    deadline = time.monotonic() + timeout
-    while True:
-        for record in edge.access_records():
-            if record["request_id"] == request_id:
-                return record
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"no access-log record for {request_id}: {edge.access_records()}")
-        time.sleep(0.02)
-
-
 def header_names(record: dict[str, Any]) -> list[str]:
     """Lower-case header names of an origin request record."""
     return [name.lower() for name, _ in record["headers"]]
@@ -133,7 +120,7 @@ def test_unknown_host_gets_421_naming_the_error_and_request_id(edge: EdgeProcess
     assert request_id
     assert "unknown_domain" in resp.text
     assert request_id in resp.text
-    record = record_of(edge, request_id)
+    record = edge.record(request_id)
     assert (record["status"], record["error"], record["host"]) == (
         421,
         "unknown_domain",
@@ -147,7 +134,7 @@ def test_missing_host_gets_400(edge: EdgeProcess, origin: TLSOrigin):
     status, headers, body = split_response(data)
     assert status.startswith("HTTP/1.1 400"), data
     assert b"bad_request" in body
-    record = record_of(edge, headers.get("x-edge-request-id"))
+    record = edge.record(headers.get("x-edge-request-id"))
     assert (record["status"], record["error"]) == (400, "bad_request")
     assert origin.requests == []
 
@@ -160,7 +147,7 @@ def test_absolute_form_target_selects_the_domain_by_its_authority(
     assert resp.status == 200, resp.text
     body = resp.json()
     assert (body["vhost"], body["host"], body["path"]) == ("a.test", "a.test", "/abs?q=1")
-    assert record_of(edge, resp.header("X-Edge-Request-Id"))["domain"] == "a.test"
+    assert edge.record(resp.header("X-Edge-Request-Id"))["domain"] == "a.test"
 
 
 def test_host_with_port_trailing_dot_and_upper_case_is_normalised(
@@ -170,7 +157,7 @@ def test_host_with_port_trailing_dot_and_upper_case_is_normalised(
     resp = edge.request("GET", "/n", host="A.TEST.:8080")
     assert resp.status == 200, resp.text
     assert resp.json()["vhost"] == "a.test"
-    record = record_of(edge, resp.header("X-Edge-Request-Id"))
+    record = edge.record(resp.header("X-Edge-Request-Id"))
     assert (record["host"], record["domain"]) == ("a.test", "a.test")
 
 
@@ -214,7 +201,7 @@ def test_hop_by_hop_request_headers_are_dropped_and_forwarding_headers_set(
     assert header_values(seen, "Via") == ["1.1 edgenode"]
     assert header_values(seen, "Host") == ["a.test"]
     assert (seen["vhost"], seen["sni"]) == ("a.test", "a.test")
-    record = record_of(edge, resp.header("X-Edge-Request-Id"))
+    record = edge.record(resp.header("X-Edge-Request-Id"))
     assert record["client"] == "127.0.0.1"
     assert record["domain"] == "site.test"
 

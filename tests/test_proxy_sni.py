@@ -8,11 +8,10 @@ a user sees: the status, which vhost answered, and the access-log fields.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
-from tests.support.edge import EdgeProcess, Response, send
+from tests.support.edge import EdgeProcess, send
 from tests.support.origin import Servers, TLSOrigin
 from tests.support.pki import PKI
 
@@ -44,22 +43,6 @@ def start(edge_factory: EdgeFactory, config: dict[str, Any]) -> EdgeProcess:
     return edge_factory(config, wait_admin=False)
 
 
-def record_of(edge: EdgeProcess, resp: Response, timeout: float = 5.0) -> dict[str, Any]:
-    """The access-log record of `resp`, found by its X-Edge-Request-Id (bounded wait)."""
-    request_id = resp.header("X-Edge-Request-Id")
-    assert request_id, f"response without X-Edge-Request-Id: {resp!r}"
-    deadline = time.monotonic() + timeout
-    while True:
-        for record in edge.access_records():
-            if record["request_id"] == request_id:
-                return record
-        if time.monotonic() >= deadline:
-            raise AssertionError(
-                f"no access-log record for {request_id}: {edge.access_records()!r}"
-            )
-        time.sleep(0.02)
-
-
 def test_two_domains_on_one_origin_each_get_their_own_certificate(
     edge_factory: EdgeFactory, origin: TLSOrigin, pki: PKI
 ):
@@ -72,7 +55,7 @@ def test_two_domains_on_one_origin_each_get_their_own_certificate(
         assert resp.status == 200, resp.text
         body = resp.json()
         assert (body["vhost"], body["sni"], body["host"]) == (name, name, name)
-        record = record_of(edge, resp)
+        record = edge.record(resp)
         assert record["status"] == 200
         assert record["error"] is None
         assert (record["domain"], record["sni"], record["verify_name"]) == (name, name, name)
@@ -143,7 +126,7 @@ def test_each_origin_of_a_domain_receives_its_own_sni(
     assert {h["sni"] for h in second.handshakes} == {"other.test"}
     assert first.rejected_handshakes == [] and second.rejected_handshakes == []
     for resp in responses:
-        record = record_of(edge, resp)
+        record = edge.record(resp)
         vhost = resp.json()["vhost"]
         port = first.port if vhost == "multi.test" else second.port
         assert (record["origin"], record["sni"], record["verify_name"]) == (
@@ -166,7 +149,7 @@ def test_origin_sni_enabled_without_value_sends_origin_host(
     assert resp.status == 200, resp.text
     body = resp.json()
     assert (body["vhost"], body["sni"], body["host"]) == ("a.test", "a.test", "a.test")
-    record = record_of(edge, resp)
+    record = edge.record(resp)
     assert (record["domain"], record["sni"], record["verify_name"]) == (
         "site.test",
         "a.test",
@@ -183,7 +166,7 @@ def test_sni_off_gets_the_default_certificate_and_a_name_mismatch(
     assert resp.status == 502
     assert "origin_cert_name_mismatch" in resp.text
     assert resp.header("X-Edge-Request-Id") in resp.text
-    record = record_of(edge, resp)
+    record = edge.record(resp)
     assert record["error"] == "origin_cert_name_mismatch"
     assert (record["sni"], record["verify_name"]) == (None, "a.test")
     assert "default.test, www.default.test" in record["error_detail"]
@@ -201,7 +184,7 @@ def test_origin_rejecting_the_sni_is_a_tls_failure(
     resp = edge.request("GET", "/", host="c.test")
     assert resp.status == 502
     assert "origin_tls_failed" in resp.text
-    record = record_of(edge, resp)
+    record = edge.record(resp)
     assert record["error"] == "origin_tls_failed"
     assert record["sni"] == "c.test"
     assert "unrecognized name" in record["error_detail"].lower().replace("_", " ")
@@ -218,7 +201,7 @@ def test_certificate_from_an_untrusted_ca_is_rejected(
     resp = edge.request("GET", "/", host="a.test")
     assert resp.status == 502
     assert "origin_cert_untrusted" in resp.text
-    record = record_of(edge, resp)
+    record = edge.record(resp)
     assert record["error"] == "origin_cert_untrusted"
     assert record["sni"] == "a.test"
     assert untrusted.requests == []
@@ -233,7 +216,7 @@ def test_certificate_without_subject_alt_name_is_rejected_even_if_cn_matches(
     resp = edge.request("GET", "/", host="nosan.test")
     assert resp.status == 502
     assert "origin_cert_name_mismatch" in resp.text
-    record = record_of(edge, resp)
+    record = edge.record(resp)
     assert record["error"] == "origin_cert_name_mismatch"
     assert (record["sni"], record["verify_name"]) == ("nosan.test", "nosan.test")
     assert "subjectAltName" in record["error_detail"]
@@ -250,7 +233,7 @@ def test_verify_false_accepts_an_untrusted_certificate(
     resp = edge.request("GET", "/x", host="a.test")
     assert resp.status == 200, resp.text
     assert (resp.json()["vhost"], resp.json()["path"]) == ("a.test", "/x")
-    record = record_of(edge, resp)
+    record = edge.record(resp)
     assert record["error"] is None
     assert record["sni"] == "a.test"
     assert record["origin_cert"]["dns_names"] == ["a.test"]
@@ -273,7 +256,7 @@ def test_pooled_connection_is_reused_only_by_the_same_sni(
     assert b1["conn_id"] != a1["conn_id"]
     assert (b1["vhost"], b1["sni"], b1["req_on_conn"]) == ("b.test", "b.test", 1)
 
-    r1, r2, r3 = (record_of(edge, r) for r in (first, second, third))
+    r1, r2, r3 = (edge.record(r) for r in (first, second, third))
     assert r1["connection_reused"] is False
     assert r1["upstream_handshake_ms"] is not None
     assert r2["connection_reused"] is True

@@ -28,7 +28,8 @@ from tests.support.faults import FaultyOrigin, FlakyKeepAliveOrigin, ResetOnFirs
 from tests.support.net import LOOPBACK, free_port
 from tests.support.origin import Servers, TLSOrigin
 from tests.support.pki import PKI
-from tests.test_proxy_failures import at, edge_config, only_record, record_of, wait_until
+from tests.support.waiting import wait_until
+from tests.test_proxy_failures import at, edge_config, only_record
 from tests.test_proxy_http import _rss_bytes as rss_bytes
 from tests.test_proxy_unit import OK_5, WWW, Edge, http_domain, lose
 
@@ -79,7 +80,7 @@ def test_origin_resetting_the_tls_handshake_is_origin_tls_failed(
     assert resp.status == 502, resp.text
     assert "origin_tls_failed" in resp.text
     assert resp.header("X-Edge-Error") == "origin_tls_failed"
-    record = record_of(edge, resp.header("X-Edge-Request-Id"))
+    record = edge.record(resp.header("X-Edge-Request-Id"))
     assert (record["error"], record["attempts"]) == ("origin_tls_failed", 1)
     assert servers.listener(port).connections_opened == 1
 
@@ -96,7 +97,7 @@ def test_origin_resetting_the_tls_handshake_fails_over_to_the_backup(
     resp = edge.request("POST", "/after-reset", host="a.test", body=b"once")
     assert resp.status == 200, resp.text
     assert (resp.json()["path"], resp.json()["body_len"]) == ("/after-reset", 4)
-    record = record_of(edge, resp.header("X-Edge-Request-Id"))
+    record = edge.record(resp.header("X-Edge-Request-Id"))
     assert (record["attempts"], record["error"]) == (2, None)
 
 
@@ -112,7 +113,7 @@ def test_oversized_response_head_is_origin_protocol_error(
     assert resp.status == 502, resp.text
     assert "origin_protocol_error" in resp.text
     assert resp.header("X-Filler-0") is None
-    record = record_of(edge, resp.header("X-Edge-Request-Id"))
+    record = edge.record(resp.header("X-Edge-Request-Id"))
     assert record["error"] == "origin_protocol_error"
     assert "head" in record["error_detail"]
     assert len(huge.heads) == 1

@@ -30,6 +30,7 @@ from tests.support.net import LOOPBACK, read_until_close
 from tests.support.origin import Servers
 from tests.support.pki import PKI
 from tests.support.recorder import RecordingOrigin
+from tests.support.waiting import wait_until
 
 HOSTS = ("a.test", "b.test")
 MAX_HEADER_BYTES = 4096
@@ -160,12 +161,6 @@ def exchange(edge: EdgeProcess, pieces: list[bytes], timeout: float = 10.0) -> b
         return read_until_close(sock, time.monotonic() + timeout)
 
 
-def wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
 CLOSE = b"GET /end HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"
 
 
@@ -216,7 +211,7 @@ def test_origin_answering_an_upgrade_post_early_cannot_poison_the_next_client(
     victim = b"GET /private HTTP/1.1\r\nHost: a.test\r\nCookie: session=VICTIM\r\n"
     answers = read_answers(exchange(edge, [victim + b"Connection: close\r\n\r\n"]), [b"GET"])
     assert [a.status for a in answers] == [200]
-    wait_for(lambda: len(origin.records) >= 3)
+    wait_until(lambda: len(origin.records) >= 3)
     private = [r for r in origin.records if r.target == b"/private"]
     assert len(private) == 1 and private[0].header(b"cookie") == b"session=VICTIM"
     assert all(b"VICTIM" not in r.body for r in origin.records)
@@ -238,7 +233,7 @@ def test_request_after_a_400_in_the_same_read_never_reaches_the_origin(
     assert [a.status for a in read_answers(data, [b"GET"])] == [400]
     # A request for /end on a new connection: once it is logged, so would /after be.
     exchange(edge, [CLOSE])
-    wait_for(lambda: "/end" in [r["path"] for r in edge.access_records()])
+    wait_until(lambda: "/end" in [r["path"] for r in edge.access_records()])
     paths = [r["path"] for r in edge.access_records()]
     assert "/no-host" in paths
     assert "/after" not in paths
@@ -538,7 +533,7 @@ def test_origin_sees_exactly_the_requests_the_edge_accepted(
                 assert 400 <= answer.status < 500
 
     # The origin saw those requests and nothing else; each whole, and from its own client.
-    wait_for(lambda: len(origin.records) >= len(answered))
+    wait_until(lambda: len(origin.records) >= len(answered))
     time.sleep(0.05)
     records = origin.records
     assert origin.errors == []

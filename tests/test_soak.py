@@ -17,7 +17,6 @@ import os
 import random
 import socket
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +27,7 @@ from tests.support.faults import RotatingFaultOrigin
 from tests.support.net import LOOPBACK
 from tests.support.origin import Servers, pattern
 from tests.support.pki import PKI
+from tests.support.waiting import wait_until
 from tests.test_proxy_http import _rss_bytes as rss_bytes
 from tests.test_reliability import fd_count
 
@@ -209,10 +209,7 @@ def origin_connections_open(edge: EdgeProcess) -> float:
 def settled(edge: EdgeProcess, timeout: float = 15.0) -> tuple[int, int]:
     """(RSS, open fds) once no origin connection is pooled any more (bounded poll)."""
     assert edge.pid is not None
-    deadline = time.monotonic() + timeout
-    while origin_connections_open(edge) > 0:
-        assert time.monotonic() < deadline, "the edge's origin pool never emptied"
-        time.sleep(0.1)
+    wait_until(lambda: origin_connections_open(edge) == 0, timeout, "an empty origin pool", 0.1)
     return rss_bytes(edge.pid), fd_count(edge.pid)
 
 

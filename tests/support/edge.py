@@ -21,6 +21,7 @@ import attrs
 import yaml
 
 from .net import LOOPBACK, free_port, read_until_close, wait_for_port
+from .waiting import wait_until
 
 # twistd has no `python -m` entry point; this runs the same thing as the console script.
 _TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
@@ -317,6 +318,22 @@ class EdgeProcess:
                     )
                 )
             time.sleep(0.02)
+
+    def record(self, request: str | Response | None, timeout: float = 5.0) -> dict[str, Any]:
+        """The access-log record of a request id, or of a response by its X-Edge-Request-Id
+        (bounded wait: the log is flushed at least once a second)."""
+        if isinstance(request, Response):
+            request = request.header("X-Edge-Request-Id")
+        request_id = request
+        assert request_id, f"no request id: {request!r}"
+        found: list[dict[str, Any]] = []
+
+        def logged() -> bool:
+            found[:] = [r for r in self.access_records() if r["request_id"] == request_id]
+            return bool(found)
+
+        wait_until(logged, timeout, f"the access-log record of {request_id}")
+        return found[0]
 
     def _read_access_records(self) -> list[dict[str, Any]]:
         try:
