@@ -232,3 +232,41 @@ def test_header_names_with_underscores_are_not_forwarded(name: bytes) -> None:
     assert REQUEST_ACTIONS[name] == DROP
     scan = scan_request([(b"Host", b"a"), (name, b"chunked"), (b"X-Ok", b"1")])
     assert scan.forward == [b"X-Ok: 1"]
+
+
+# --- Pipelining order ------------------------------------------------------------------------
+
+
+class AnswersUnknownHostsAtOnce(RecordingHandler):
+    """Answers 421 inside start() for nowhere.test, as the proxy does for an unknown domain."""
+
+    def start(self, head: RequestHead, stream: ClientStream) -> RecordingSink:
+        sink = super().start(head, stream)
+        if head.host == "nowhere.test":
+            stream.send_error(ErrorCode.UNKNOWN_DOMAIN, "test-id")
+        return sink
+
+
+def test_requests_answered_at_once_in_the_queue_keep_the_order_of_the_responses() -> None:
+    """Found by the property test: a queued request answered inside start() (a 421) made
+    the queue skip over the exchange after it, and the 421 behind that one went out first."""
+    c = Client()
+    c.handler = handler = AnswersUnknownHostsAtOnce()
+    c.proto.handler = handler
+    other = b"Host: nowhere.test\r\n"
+    c.send(
+        b"GET /1 HTTP/1.1\r\n" + HOST + b"\r\n"
+        b"GET /2 HTTP/1.1\r\n" + other + b"\r\n"
+        b"GET /3 HTTP/1.1\r\n" + HOST + b"\r\n"
+        b"GET /4 HTTP/1.1\r\n" + other + b"\r\n"
+    )
+    handler.sinks[0].respond(b"one")
+    assert [s.head.path for s in handler.sinks] == [b"/1", b"/2", b"/3"]  # /4 waits for /3
+    handler.sinks[2].respond(b"three")
+    assert [s.head.path for s in handler.sinks] == [b"/1", b"/2", b"/3", b"/4"]
+    assert status_lines(c.written()) == [
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 421 Misdirected Request",
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 421 Misdirected Request",
+    ]

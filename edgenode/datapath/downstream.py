@@ -289,6 +289,7 @@ class DownstreamProtocol(TwistedProtocol):
         self._priming = False
         # A bad request found while others were in flight or queued: answered after them.
         self._refusal: tuple[RequestHead, ErrorCode, str] | None = None
+        self._advancing = False  # _next is starting queued requests
         self._reset_head()
         self._out: list[bytes] = []  # written, not yet flushed (see "writing" below)
         self._writer: SocketWriter  # the transport's, from connectionMade
@@ -704,7 +705,8 @@ class DownstreamProtocol(TwistedProtocol):
                 self._close()
             return
         if req.ended:
-            self._next()
+            if not self._advancing:  # else _next's loop, which started it, goes on
+                self._next()
         else:
             # The origin answered before the body ended: the rest is read and dropped, as
             # nginx discards it, as long as it keeps coming (on_body renews the deadline).
@@ -717,16 +719,23 @@ class DownstreamProtocol(TwistedProtocol):
         if self.closing_after_response:
             self._close()
             return
-        while self._queue:
-            req = self._queue.popleft()
-            if not self._queue:
-                self.resume_reading("pipeline")
-            self._start(req)
-            if self.current is req and not req.responded:
-                return
-            if self.lost or self.closing_after_response:
-                return
-            self.current = None
+        # A queued request the edge answers at once (a 421) finishes inside _start; the
+        # loop, not a nested _next, then starts the one after it, so that no exchange in
+        # flight is forgotten and responses keep the order of the requests.
+        self._advancing = True
+        try:
+            while self._queue:
+                req = self._queue.popleft()
+                if not self._queue:
+                    self.resume_reading("pipeline")
+                self._start(req)
+                if self.current is req and not req.responded:
+                    return
+                if self.lost or self.closing_after_response:
+                    return
+                self.current = None
+        finally:
+            self._advancing = False
         if self._refusal is not None:
             self._answer_refusal()
             return
