@@ -10,6 +10,7 @@ from typing import IO, Any, Literal
 
 import attrs
 import orjson
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -146,7 +147,7 @@ class AccessLog:
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._flusher: LoopingCall | None = None
-        self._clock: Any = None  # the reactor, from start(): the flusher's and the reports' time
+        self._clock: IReactorTime | None = None  # from start(): the flusher's and reports' time
         self.lines_lost = 0  # lines a failed write took (disk full, I/O error)
         self._unreported = 0
         self._next_loss_report = 0.0
@@ -162,7 +163,7 @@ class AccessLog:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = path.open("ab", buffering=0)
 
-    def start(self, clock: Any) -> None:
+    def start(self, clock: IReactorTime) -> None:
         """Flush at least every FLUSH_SECONDS on `clock` (the reactor)."""
         self._clock = clock
         self._flusher = LoopingCall(self.flush)

@@ -31,7 +31,7 @@ from twisted.internet.endpoints import (
     UNIXServerEndpoint,
     serverFromString,
 )
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorCore
 
 ENDPOINT_EXAMPLE: Final = "e.g. 'tcp:8080:interface=127.0.0.1'"
 
@@ -94,7 +94,7 @@ class ServerEndpoint:
             return "::1", self.port
         return self.interface, self.port
 
-    def listen(self, reactor: Any, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+    def listen(self, reactor: IReactorCore, factory: IProtocolFactory) -> Deferred[IListeningPort]:
         """Listen on `reactor` with `factory`: `serverFromString` on the string as written."""
         listening: Deferred[IListeningPort] = serverFromString(reactor, self.description).listen(
             factory

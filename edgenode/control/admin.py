@@ -14,8 +14,10 @@ import attrs
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -219,7 +221,9 @@ class _CappedRequest(Request):
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
             return
-        if self.content.tell() + len(data) > MAX_ADMIN_BODY:  # chunked: counted as it comes
+        content = self.content
+        assert content is not None  # gotLength made it
+        if content.tell() + len(data) > MAX_ADMIN_BODY:  # chunked: counted as it comes
             self._refuse_body()
             return
         super().handleContentChunk(data)
@@ -284,7 +288,7 @@ class _AdminChannel(HTTPChannel):
         self._stop_head_clock()
         super().allHeadersReceived()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_head_clock()
         super().connectionLost(reason)
 
@@ -299,15 +303,18 @@ class _AdminChannel(HTTPChannel):
     def _head_timed_out(self) -> None:
         self._head_deadline = None
         detail = f"the request head did not arrive within {self.header_timeout:g}s"
-        self.transport.write(
-            _raw_error(b"408 Request Timeout", {"error": "request_timeout", "detail": detail})
-        )
+        body = {"error": "request_timeout", "detail": detail}
+        self._write(_raw_error(b"408 Request Timeout", body))
         self.timeoutConnection()  # close, and abort if the client does not take the 408
 
     def _refuse(self, status: bytes, detail: str) -> None:
         self._stop_head_clock()
-        self.transport.write(_raw_error(status, {"error": "bad_request", "detail": detail}))
+        self._write(_raw_error(status, {"error": "bad_request", "detail": detail}))
         self.loseConnection()
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
 
 
 class AdminSite(Site):
@@ -318,7 +325,7 @@ class AdminSite(Site):
     port does, so a reload changes them for new admin connections too.
     """
 
-    protocol = _AdminChannel
+    protocol = _AdminChannel  # type: ignore[assignment]
     requestFactory = _CappedRequest
 
     def __init__(self, resource: AdminResource) -> None:
@@ -326,14 +333,17 @@ class AdminSite(Site):
         self.displayTracebacks = False
         self._holder = resource.holder
 
-    def buildProtocol(self, addr: IAddress | None) -> _AdminChannel:
-        channel: _AdminChannel = super().buildProtocol(addr)
+    # twisted.web types Site.protocol and buildProtocol as its generic channel wrapper;
+    # a Site may use any HTTPChannel (it builds `protocol` and sets timeOut on it).
+    def buildProtocol(self, addr: IAddress | None) -> _AdminChannel:  # type: ignore[override]
+        channel = super().buildProtocol(addr)
+        assert isinstance(channel, _AdminChannel)
         limits = self._holder.current.config.limits
         channel.header_timeout = limits.client_header_timeout
-        channel.timeOut = limits.client_idle_timeout
+        channel.timeOut = limits.client_idle_timeout  # type: ignore[assignment]  # float is fine
         return channel
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         log.info(
             "admin {method} {path} -> {code}",
             method=_text(request.method),

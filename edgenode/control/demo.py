@@ -33,7 +33,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IListeningPort, IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.resource import Resource
@@ -42,6 +43,7 @@ from zope.interface import implementer
 
 from edgenode.config import Config, config_from_mapping
 from edgenode.endpoints import parse_server_endpoint
+from edgenode.reactors import IEdgeReactor
 
 log = Logger()
 
@@ -260,7 +262,7 @@ class DemoService(service.MultiService):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IEdgeReactor,
         *,
         listen: str = DEMO_LISTEN,
         admin_listen: str = DEMO_ADMIN_LISTEN,
@@ -276,11 +278,16 @@ class DemoService(service.MultiService):
             site = _QuietSite(VhostResource())
             tls_factory = TLSMemoryBIOFactory(OriginTLS(pki), False, site)
             tls_factory.noisy = False
-            self.origin_port = reactor.listenTCP(0, tls_factory, interface=LOOPBACK)
+            # Twisted types listenTCP's factory as a ServerFactory; any IProtocolFactory works.
+            self.origin_port = reactor.listenTCP(
+                0,
+                tls_factory,  # type: ignore[arg-type]
+                interface=LOOPBACK,
+            )
             self.config = demo_config(
                 self.directory,
                 pki.ca_file,
-                self.origin_port.getHost().port,
+                origin_port(self.origin_port),
                 listen=listen,
                 admin_listen=admin_listen,
             )
@@ -299,7 +306,7 @@ class DemoService(service.MultiService):
         self.reactor.callWhenRunning(self._announce)
 
     def _announce(self) -> None:
-        text = announcement(self.config, self.origin_port.getHost().port, self.directory)
+        text = announcement(self.config, origin_port(self.origin_port), self.directory)
         log.info("{text}", text=text)
         if self.echo:
             print(text, file=sys.__stdout__, flush=True)
@@ -370,3 +377,10 @@ def log_reaches_stdout(twistd_options: Mapping[str, Any] | None) -> bool:
         return False
     logfile = twistd_options.get("logfile")
     return logfile == "-" or (bool(twistd_options.get("nodaemon")) and not logfile)
+
+
+def origin_port(port: IListeningPort) -> int:
+    """The TCP port the demo origin got from the kernel (it listens on port 0)."""
+    address = port.getHost()
+    assert isinstance(address, IPv4Address)
+    return address.port

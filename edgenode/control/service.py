@@ -72,6 +72,7 @@ from edgenode.datapath.pool import OriginPool
 from edgenode.datapath.proxy import Proxy
 from edgenode.endpoints import parse_server_endpoint
 from edgenode.errors import ConfigError, Problem
+from edgenode.reactors import IEdgeReactor, edge_reactor
 from edgenode.runtime import Runtime, RuntimeHolder, build_runtime, config_diff
 
 log = Logger()
@@ -138,7 +139,9 @@ def makeService(options: Options) -> service.IService:
         # twistd would print a traceback; an operator wants the problems, like `nginx -t`.
         print(f"edgenode: not starting: {e}", file=sys.stderr)
         raise SystemExit(1) from None
-    from twisted.internet import reactor
+    from twisted.internet import reactor as global_reactor
+
+    reactor = edge_reactor(global_reactor)
 
     if config.workers > 1:
         twistd_options = getattr(options, "parent", None) or {}
@@ -150,7 +153,9 @@ def makeService(options: Options) -> service.IService:
 
 def make_worker_service(state_path: str) -> service.IService:
     """One worker of a supervisor, on the config (and generation) of its state file."""
-    from twisted.internet import reactor
+    from twisted.internet import reactor as global_reactor
+
+    reactor = edge_reactor(global_reactor)
 
     try:
         state = read_state(state_path)
@@ -163,7 +168,9 @@ def make_worker_service(state_path: str) -> service.IService:
 
 def make_demo_service(options: Options) -> service.IService:
     """SPEC §7: the same EdgeService, on a config built in memory, beside a local origin."""
-    from twisted.internet import reactor
+    from twisted.internet import reactor as global_reactor
+
+    reactor = edge_reactor(global_reactor)
 
     from edgenode.control import demo  # certificates and an origin: only the demo needs them
 
@@ -332,7 +339,9 @@ class DataPath:
 
     restart_note = "still serving on the old listener"
 
-    def __init__(self, config: Config, reactor: Any, *, process: Process, generation: int) -> None:
+    def __init__(
+        self, config: Config, reactor: IEdgeReactor, *, process: Process, generation: int
+    ) -> None:
         self.reactor = reactor
         self.holder = RuntimeHolder(build_runtime(config, generation=generation))
         self.pool = OriginPool(
@@ -403,7 +412,7 @@ class Workers:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IEdgeReactor,
         config: Config,
         overrides: Mapping[str, str],
         listeners: list[socket.socket],
@@ -526,7 +535,7 @@ def admin_site(
 
 
 def listen(
-    reactor: Any, description: str, factory: IProtocolFactory, ports: list[IListeningPort]
+    reactor: IEdgeReactor, description: str, factory: IProtocolFactory, ports: list[IListeningPort]
 ) -> None:
     """Listen on `description`, adding the port to `ports`; a failure to bind (a port in
     use) raises here and now: twistd must not start."""
@@ -553,7 +562,7 @@ class Signals:
     """
 
     def __init__(
-        self, reactor: Any, *, reload: Callable[[str], None], reopen: Callable[[], None]
+        self, reactor: IEdgeReactor, *, reload: Callable[[str], None], reopen: Callable[[], None]
     ) -> None:
         self.reactor = reactor
         self._reload = reload
@@ -606,7 +615,7 @@ class EdgeService(service.Service):
     name = "edgenode"  # type: ignore[assignment]  # twisted types Service.name as None
 
     def __init__(
-        self, config: Config, reactor: Any, overrides: Mapping[str, str] | None = None
+        self, config: Config, reactor: IEdgeReactor, overrides: Mapping[str, str] | None = None
     ) -> None:
         self.config = config
         self.reactor = reactor
@@ -670,7 +679,9 @@ class WorkerService(service.Service):
 
     name = "edgenode"  # type: ignore[assignment]  # twisted types Service.name as None
 
-    def __init__(self, config: Config, reactor: Any, state: WorkerState, state_path: Path) -> None:
+    def __init__(
+        self, config: Config, reactor: IEdgeReactor, state: WorkerState, state_path: Path
+    ) -> None:
         self.config = config
         self.reactor = reactor
         self.state = state
@@ -767,7 +778,7 @@ class SupervisorService(service.Service):
     def __init__(
         self,
         config: Config,
-        reactor: Any,
+        reactor: IEdgeReactor,
         overrides: Mapping[str, str],
         *,
         text: str,

@@ -61,7 +61,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from prometheus_client import CollectorRegistry, generate_latest
@@ -83,6 +83,7 @@ from twisted.python.failure import Failure
 from edgenode.config import Config, apply_overrides, parse_config
 from edgenode.datapath.monitor import supervisor_families
 from edgenode.endpoints import ServerEndpoint
+from edgenode.reactors import IEdgeReactor
 
 log = Logger()
 
@@ -214,11 +215,14 @@ def _bind(
     return sock
 
 
-def adopt_listener(reactor: Any, family: socket.AddressFamily, factory: Any) -> IListeningPort:
+def adopt_listener(
+    reactor: IEdgeReactor, family: socket.AddressFamily, factory: Any
+) -> IListeningPort:
     """The worker's client listener: the socket the supervisor passed as LISTEN_FD."""
     os.set_blocking(LISTEN_FD, False)  # it is already; a blocking one would hang the worker
     try:
-        return reactor.adoptStreamPort(LISTEN_FD, family, factory)  # type: ignore[no-any-return]
+        port: IListeningPort = reactor.adoptStreamPort(LISTEN_FD, family, factory)
+        return port
     finally:
         os.close(LISTEN_FD)  # the port holds its own duplicate
 
@@ -272,8 +276,11 @@ class ControlChannel(LineOnlyReceiver):
         self._lost()
 
 
-def open_control_channel(reactor: Any, channel: ControlChannel) -> StandardIO:
-    return StandardIO(channel, stdin=CONTROL_IN_FD, stdout=CONTROL_OUT_FD, reactor=reactor)
+def open_control_channel(reactor: IEdgeReactor, channel: ControlChannel) -> StandardIO:
+    # On POSIX StandardIO takes the descriptors; mypy reads the Windows signature.
+    return StandardIO(  # type: ignore[call-arg]
+        channel, stdin=CONTROL_IN_FD, stdout=CONTROL_OUT_FD, reactor=reactor
+    )
 
 
 def worker_log_observer() -> ILogObserver:
@@ -300,7 +307,7 @@ class WorkerProcess(protocol.ProcessProtocol):
     def __init__(
         self,
         number: int,
-        reactor: Any,
+        reactor: IEdgeReactor,
         ended: Callable[[WorkerProcess, Failure], None],
     ) -> None:
         self.number = number
@@ -429,7 +436,7 @@ class WorkerPool:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IEdgeReactor,
         count: int,
         argv: list[str],
         env: Mapping[str, str],
@@ -544,11 +551,13 @@ class WorkerPool:
         limits = [timeout if w.ready else max(timeout, STARTUP_TIMEOUT) for w in running]
         asked = [w.command({"cmd": "reload"}, t) for w, t in zip(running, limits, strict=True)]
         outcomes = await defer.DeferredList(asked, consumeErrors=True)
-        for worker, limit, (answered, answer) in zip(running, limits, outcomes, strict=True):
+        for worker, limit, (answered, outcome) in zip(running, limits, outcomes, strict=True):
             report: dict[str, Any] = {"worker": worker.number, "pid": worker.pid}
+            # DeferredList gives (True, result) or (False, Failure).
+            answer: dict[str, Any] = outcome if answered else {}
             if answered and answer.get("ok") and (answer.get("generation") or 0) >= generation:
                 report.update(ok=True, generation=answer["generation"])
-            elif answered or not answer.check(WorkerGone):
+            elif answered or not cast(Failure, outcome).check(WorkerGone):
                 if answered:
                     errors = answer.get("errors") or []
                     detail = "; ".join(f"{e.get('path')}: {e.get('message')}" for e in errors)
@@ -606,7 +615,7 @@ class WorkerPool:
 
     def describe(self, requests_of: Callable[[int], int]) -> list[dict[str, Any]]:
         now = self.reactor.seconds()
-        out = []
+        out: list[dict[str, Any]] = []
         for index, worker in enumerate(self.workers):
             if worker is None:
                 out.append(

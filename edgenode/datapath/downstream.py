@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import attrs
 import httptools
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
@@ -877,7 +877,7 @@ class DownstreamFactory(Factory):
 
     noisy = False
 
-    def __init__(self, handler: RequestHandler, limits: Limits, clock: Any) -> None:
+    def __init__(self, handler: RequestHandler, limits: Limits, clock: IReactorTime) -> None:
         self.handler = handler
         self.limits = limits
         self.clock = clock

@@ -37,6 +37,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.utils import floatToGoString
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from edgenode.accesslog import AccessRecord
@@ -133,7 +134,7 @@ class _Tally(dict[_K, int]):
 
     __slots__ = ("_clock", "created")
 
-    def __init__(self, clock: Any) -> None:
+    def __init__(self, clock: IReactorTime) -> None:
         super().__init__()
         self._clock = clock
         self.created: dict[_K, float] = {}
@@ -165,7 +166,7 @@ class _DurationsByDomain(dict[str, _Durations]):
 
     __slots__ = ("_clock",)
 
-    def __init__(self, clock: Any) -> None:
+    def __init__(self, clock: IReactorTime) -> None:
         super().__init__()
         self._clock = clock
 
@@ -209,7 +210,7 @@ class Monitor:
     """
 
     def __init__(
-        self, clock: Any, pool: OriginPool | None = None, *, process: Process = "single"
+        self, clock: IReactorTime, pool: OriginPool | None = None, *, process: Process = "single"
     ) -> None:
         self.clock = clock
         self.process = process

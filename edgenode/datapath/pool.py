@@ -32,6 +32,7 @@ from edgenode.datapath.upstream import (
     connect_failure,
 )
 from edgenode.errors import ErrorCode, OriginError
+from edgenode.reactors import IOriginReactor
 from edgenode.routes import OriginRoute
 
 
@@ -66,7 +67,7 @@ class OriginPool:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IOriginReactor,
         *,
         max_per_server: int,
         queue_timeout: float,
@@ -285,5 +286,3 @@ class OriginPool:
 
 def _noop() -> None:
     return None
-
-

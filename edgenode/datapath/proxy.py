@@ -25,7 +25,7 @@ import enum
 import os
 from typing import Any
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -59,7 +59,7 @@ class Proxy:
         holder: RuntimeHolder,
         pool: OriginPool,
         access_log: AccessLog,
-        clock: Any,
+        clock: IReactorTime,
         monitor: Monitor | None = None,
     ) -> None:
         self.holder = holder

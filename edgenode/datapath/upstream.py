@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import httptools
 from twisted.internet import error as neterror
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -77,7 +77,8 @@ CONNECTING, IDLE, BUSY, CLOSED = range(4)
 class ConnectionOwner(Protocol):
     """What a connection tells the pool that made it (pool.py)."""
 
-    clock: Any
+    @property
+    def clock(self) -> IReactorTime: ...
 
     def release(self, conn: UpstreamConnection) -> None:
         """Ready with no requester left, or its exchange finished cleanly."""

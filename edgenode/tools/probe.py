@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 from twisted.internet import task
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -36,6 +36,7 @@ from edgenode.datapath.transport import StreamTransport
 from edgenode.datapath.upstream import connect_failure, setup_failure
 from edgenode.errors import ConfigError, ErrorCode, OriginError
 from edgenode.hostnames import normalize_hostname, validate_sni
+from edgenode.reactors import IOriginReactor
 from edgenode.routes import server_label
 from edgenode.runtime import build_runtime
 from edgenode.tls import CertFacts, ConnectionTLS, OriginTLSCreator
@@ -191,7 +192,7 @@ class HandshakeProbe(Protocol):
 
     transport: StreamTransport  # type: ignore[assignment]  # set by makeConnection
 
-    def __init__(self, clock: Any, handshake_timeout: float, tls: ConnectionTLS) -> None:
+    def __init__(self, clock: IReactorTime, handshake_timeout: float, tls: ConnectionTLS) -> None:
         self.tls = tls
         self.clock = clock
         self.handshake_timeout = handshake_timeout
@@ -318,7 +319,9 @@ class ProbeResult:
         }
 
 
-async def probe_origin(reactor: Any, target: ProbeTarget, plan: ProbePlan) -> ProbeResult:
+async def probe_origin(
+    reactor: IOriginReactor, target: ProbeTarget, plan: ProbePlan
+) -> ProbeResult:
     """Connect to one origin as the edge would, run the handshake, and judge it."""
     facts = target.creator.facts()
     probe = HandshakeProbe(reactor, target.handshake_timeout, facts)
@@ -331,7 +334,7 @@ async def probe_origin(reactor: Any, target: ProbeTarget, plan: ProbePlan) -> Pr
     return judge(target, plan, probe, err, now=reactor.seconds())
 
 
-async def probe_all(reactor: Any, plan: ProbePlan) -> list[ProbeResult]:
+async def probe_all(reactor: IOriginReactor, plan: ProbePlan) -> list[ProbeResult]:
     """Probe every origin of the plan at once; results in config order."""
     runs = [Deferred.fromCoroutine(probe_origin(reactor, t, plan)) for t in plan.targets]
     return list(await gatherResults(runs, consumeErrors=True))
@@ -644,7 +647,7 @@ def run_in_reactor(plan: ProbePlan) -> list[ProbeResult]:
     """Run the global reactor until every origin is probed (a CLI process runs it once)."""
     outcome: list[list[ProbeResult] | Failure] = []
 
-    async def main(reactor: Any) -> None:
+    async def main(reactor: IOriginReactor) -> None:
         try:
             outcome.append(await probe_all(reactor, plan))
         except Exception:
