@@ -538,7 +538,7 @@ class DownstreamProtocol(TwistedProtocol):
             self._reset_head()
             return
         head = self._build_head()
-        if head.has_body and self._parser.should_upgrade():
+        if (head.chunked or head.content_length) and self._parser.should_upgrade():
             # llhttp is about to stop at this head, body unread (see dataReceived).
             self._upgrade_body = head
         req = _Request(head)
@@ -707,9 +707,11 @@ class DownstreamProtocol(TwistedProtocol):
         if req.ended:
             if not self._advancing:  # else _next's loop, which started it, goes on
                 self._next()
-        else:
+        elif req.head.chunked or req.head.content_length:
             # The origin answered before the body ended: the rest is read and dropped, as
             # nginx discards it, as long as it keeps coming (on_body renews the deadline).
+            # (A request without a body answered inside its own head's parsing ends a moment
+            # later, in the same read: no deadline for that.)
             self._set_timer(self.limits.client_idle_timeout)
 
     def _next(self) -> None:
