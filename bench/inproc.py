@@ -1,11 +1,11 @@
 """The edge's own Python cost per request, in memory: no sockets, no TLS, no wrk.
 
 One keep-alive client connection and one pooled origin connection (a plain-HTTP route)
-on a MemoryReactorClock, wired exactly as service.py wires the real thing, with the
-access log and metrics on. It sends N requests through and reports CPU µs per request,
-then (with --profile) where the time goes. Deterministic enough to compare two commits
-on a busy machine, which wrk runs are not; it leaves out the kernel and OpenSSL, which
-bench/run.py measures against nginx.
+on a MemoryReactorClock, wired exactly as the edge's DataPath (control/serving.py) wires
+the real thing, with the access log and metrics on. It sends N requests through and
+reports CPU µs per request, then (with --profile) where the time goes. Deterministic
+enough to compare two commits on a busy machine, which wrk runs are not; it leaves out
+the kernel and OpenSSL, which bench/run.py measures against nginx.
 
     python3 bench/inproc.py [--requests 20000] [--body 1024] [--profile]
 """

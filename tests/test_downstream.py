@@ -6,13 +6,11 @@ through the real ClientStream, the way proxy.Proxy does.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytest
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from edgenode.config import Limits
@@ -25,15 +23,9 @@ from edgenode.datapath.downstream import (
     RequestSink,
 )
 from edgenode.errors import ErrorCode
+from tests.support.transport import TCPStringTransport, head_of, status_lines
 
 HOST = b"Host: www.example.com\r\n"
-
-
-class TCPStringTransport(StringTransport):
-    """A StringTransport that, like a TCP transport (ISystemHandle), has a handle; no socket."""
-
-    def getHandle(self) -> None:
-        return None
 
 
 class RecordingSink:
@@ -114,15 +106,6 @@ class Client:
 
 def _sink_is_a_request_sink(sink: RecordingSink) -> RequestSink:
     return sink  # mypy checks the fake against the real protocol
-
-
-def status_lines(data: bytes) -> list[bytes]:
-    """Every status line in `data`, also one that directly follows a body."""
-    return re.findall(rb"HTTP/1\.1 [0-9]{3} [^\r]*", data)
-
-
-def head_of(data: bytes) -> bytes:
-    return data.split(b"\r\n\r\n", 1)[0]
 
 
 # --- Parsing ---------------------------------------------------------------------------------

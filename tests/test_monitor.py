@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 
 from edgenode.accesslog import AccessRecord
-from edgenode.control.workers import WorkerMetrics
+from edgenode.control.workermetrics import WorkerMetrics
 from edgenode.datapath.monitor import DURATION_BUCKETS, Monitor
 from edgenode.errors import ErrorCode, OriginError
 from edgenode.routes import OriginRoute

@@ -1,8 +1,9 @@
 """Tests for edgenode.datapath.proxy: one exchange, client bytes to origin bytes and back.
 
-A real DownstreamProtocol, Proxy, Runtime and OriginPool, wired as service.py wires them,
-on a MemoryReactorClock: client and origin transports are StringTransports and origin
-connects are completed by hand. Routes are plain HTTP, so no TLS is involved.
+The edge's real data path (`DataPath`, which an edge and each worker serve with: a
+DownstreamProtocol, Proxy, Runtime and OriginPool) on a MemoryReactorClock: client and
+origin transports are StringTransports and origin connects are completed by hand. Routes
+are plain HTTP, so no TLS is involved.
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ from twisted.python.failure import Failure
 
 from edgenode.accesslog import AccessLog, AccessRecord
 from edgenode.config import config_from_mapping
-from edgenode.datapath.downstream import DownstreamFactory, DownstreamProtocol
-from edgenode.datapath.pool import OriginPool
-from edgenode.datapath.proxy import DEADLINE_TICK, Proxy
+from edgenode.control.serving import DataPath
+from edgenode.datapath.downstream import DownstreamProtocol
+from edgenode.datapath.proxy import DEADLINE_TICK
 from edgenode.datapath.upstream import UpstreamConnection
-from edgenode.runtime import RuntimeHolder, build_runtime
-from tests.test_downstream import TCPStringTransport, head_of, status_lines
+from tests.support.transport import TCPStringTransport, head_of, status_lines
 
 WWW = b"Host: www.example.com\r\n"
 OK_5 = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nServer: origin\r\n\r\nhello"
@@ -57,28 +57,27 @@ class RecordingAccessLog(AccessLog):
 
 
 class Edge:
-    """The edge's data path wired as service.py wires it, on a MemoryReactorClock."""
+    """The edge's data path as the service builds it, on a MemoryReactorClock, with an
+    access log that keeps its records. Not started: the only timers are the ones a
+    request sets, which a test drives with `reactor.advance`."""
 
     def __init__(
         self, domain: dict[str, Any] = TWO_ORIGINS, limits: dict[str, Any] | None = None
     ) -> None:
-        data: dict[str, Any] = {"domains": {"www.example.com": domain}}
+        mapping: dict[str, Any] = {"domains": {"www.example.com": domain}}
         if limits:
-            data["limits"] = limits
-        config = config_from_mapping(data, base_dir=Path("."))
+            mapping["limits"] = limits
+        config = config_from_mapping(mapping, base_dir=Path("."))
         self.reactor = MemoryReactorClock()
-        self.holder = RuntimeHolder(build_runtime(config, 1))
-        self.pool = OriginPool(
-            self.reactor,
-            max_per_server=config.limits.origin_max_connections,
-            queue_timeout=config.limits.origin_queue_timeout,
-        )
         self.log = RecordingAccessLog()
-        self.proxy = Proxy(self.holder, self.pool, self.log, self.reactor)
-        self.factory = DownstreamFactory(self.proxy, config.limits, self.reactor)
+        self.data = DataPath(
+            config, self.reactor, process="single", generation=1, access_log=self.log
+        )
+        self.pool = self.data.pool
+        self.proxy = self.data.proxy
 
     def client(self) -> tuple[DownstreamProtocol, TCPStringTransport]:
-        proto = self.factory.buildProtocol(None)
+        proto = self.data.factory.buildProtocol(None)
         transport = TCPStringTransport()
         proto.makeConnection(transport)
         return proto, transport

@@ -31,13 +31,9 @@ from twisted.python.failure import Failure
 
 from edgenode.accesslog import parse_line
 from edgenode.control.service import Options, makeService
-from edgenode.control.workers import (
-    STABLE_AFTER,
-    ControlChannel,
-    WorkerPool,
-    WorkerProcess,
-    bind_listeners,
-)
+from edgenode.control.supervisor import bind_listeners
+from edgenode.control.worker import ControlChannel
+from edgenode.control.workerpool import STABLE_AFTER, WorkerPool, WorkerProcess
 from edgenode.endpoints import parse_server_endpoint
 from tests.support.edge import EdgeProcess, Response
 from tests.support.net import LOOPBACK, free_port

@@ -1,5 +1,6 @@
-"""twistd `Options` and `makeService`: the only module of the edge that touches the global
-reactor (the command-line tools run theirs through `task.react`).
+"""twistd `Options` and `makeService`, and the three services they make: the only module of
+the edge that touches the global reactor (the command-line tools run theirs through
+`task.react`).
 
 Three services, each a plain twisted `Service` composed of the same pieces, none a kind
 of another:
@@ -8,31 +9,29 @@ of another:
     WorkerService      DataPath + Reloader(StateFile  -> DataPath)  + control channel + Signals
     SupervisorService  Workers  + Reloader(ConfigFile -> Workers)   + admin site + Signals
 
-- `DataPath`: what serves clients (runtime holder, origin pool, access log, monitor,
-  proxy, client factory) and its drain on stop.
-- `Workers`: the supervisor's worker processes, their run directory and metrics.
-- `Reloader`: the one reload flow (read, build whole, swap, log, confirm), whose answer is
-  a Deferred[ReloadResult] in every service; its source says where the next config comes
-  from (`ConfigFile`, `StateFile`), its target applies what the runtime does not carry
-  (`DataPath`, `Workers`).
-- `admin_site`, `listen_now`, `Signals`: the admin site on the config's token, a listener
-  that must bind before twistd goes on, and the process's signals.
+- `DataPath` (edgenode.control.serving): what serves clients (runtime holder, origin pool,
+  access log, monitor, proxy, client factory) and its drain on stop.
+- `Workers` (edgenode.control.supervisor): the supervisor's worker processes on the
+  sockets it bound, their run directory and metrics.
+- `Reloader` (edgenode.control.reloading): the one reload flow (read, build whole, swap,
+  log, confirm), whose answer is a Deferred[ReloadResult] in every service; its source
+  says where the next config comes from (`ConfigFile`, `StateFile`), its target applies
+  what the runtime does not carry (`DataPath`, `Workers`).
+- the control channel (edgenode.control.worker): a worker's commands from its supervisor.
+- `Signals` (edgenode.control.signals): the process's signals.
+- `admin_site`, `listen` (here): the admin site on the config's token, and a listener
+  that must bind before twistd goes on.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import json
 import os
-import signal
-import socket
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any
 
-import attrs
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
@@ -40,40 +39,19 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from edgenode.accesslog import AccessLog
-from edgenode.config import (
-    Config,
-    apply_overrides,
-    load_config_and_text,
-    workers_count,
-)
-from edgenode.control.admin import (
-    AdminResource,
-    AdminSite,
-    ReloadResult,
-    ensure_token,
-)
-from edgenode.control.workers import (
-    RELOAD_TIMEOUT,
-    ControlChannel,
-    RunDir,
-    WorkerMetrics,
-    WorkerPool,
-    WorkerState,
-    adopt_listener,
-    bind_listeners,
-    open_control_channel,
-    read_state,
-    worker_argv,
-)
-from edgenode.datapath.downstream import DownstreamFactory
-from edgenode.datapath.monitor import Monitor, Process
-from edgenode.datapath.pool import OriginPool
-from edgenode.datapath.proxy import Proxy
+from edgenode.config import Config, apply_overrides, load_config_and_text, workers_count
+from edgenode.control.admin import AdminResource, AdminSite, ReloadResult, ensure_token
+from edgenode.control.reloading import ConfigFile, Reloader, StateFile
+from edgenode.control.serving import DataPath
+from edgenode.control.signals import Signals
+from edgenode.control.statefile import WorkerState, read_state
+from edgenode.control.supervisor import Workers, bind_listeners
+from edgenode.control.worker import ControlChannel, adopt_listener, open_control_channel
+from edgenode.datapath.monitor import Monitor
 from edgenode.endpoints import parse_server_endpoint
-from edgenode.errors import ConfigError, Problem
+from edgenode.errors import ConfigError
 from edgenode.reactors import IEdgeReactor, edge_reactor
-from edgenode.runtime import Runtime, RuntimeHolder, build_runtime, config_diff
+from edgenode.runtime import RuntimeHolder, build_runtime
 
 log = Logger()
 
@@ -189,324 +167,7 @@ def make_demo_service(options: Options) -> service.IService:
     return demo_service
 
 
-# --- Where a reload reads the next config ----------------------------------------------------
-
-
-@attrs.frozen
-class Candidate:
-    """The config a reload would apply: parsed and validated, its generation, its text."""
-
-    config: Config
-    generation: int
-    text: str  # the YAML the config came from: a supervisor hands it to its workers
-
-
-class ConfigSource(Protocol):
-    def next(self, old: Runtime) -> Candidate:
-        """The config to replace `old` with; raises `ConfigError`."""
-        ...
-
-
-class ConfigFile:
-    """An edge's or a supervisor's: the config file it started on, with the command line's
-    overrides on top, as the next generation."""
-
-    def __init__(self, source: Path | None, overrides: Mapping[str, str]) -> None:
-        self.source = source
-        self.overrides = overrides
-
-    def next(self, old: Runtime) -> Candidate:
-        if self.source is None:
-            raise ConfigError([Problem("", "the running config has no file to re-read")])
-        config, text = load_config_and_text(self.source)
-        return Candidate(apply_overrides(config, self.overrides), old.generation + 1, text)
-
-
-class StateFile:
-    """A worker's: the state file its supervisor wrote, on the supervisor's generation."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def next(self, old: Runtime) -> Candidate:
-        try:
-            state = read_state(self.path)
-        except (OSError, ValueError, KeyError) as e:
-            raise ConfigError([Problem("", f"cannot read the state file: {e}")]) from None
-        return Candidate(state.config(), state.generation, state.text)
-
-
-# --- The reload flow -------------------------------------------------------------------------
-
-Errors = tuple[dict[str, str], ...]  # ReloadResult.errors
-Reports = tuple[dict[str, Any], ...]  # ReloadResult.workers
-
-
-class ReloadTarget(Protocol):
-    """What a reload updates besides the runtime holder: a data path, or the workers."""
-
-    restart_note: str  # what becomes of a change that needs a restart, for the log
-
-    def stage(self, candidate: Candidate) -> None:
-        """Before the swap: whatever must be in place once the new generation is current."""
-        ...
-
-    def applied(self, new: Runtime, old: Runtime) -> str:
-        """After the swap: apply what the runtime does not carry; say what was done."""
-        ...
-
-    async def confirmed(self, trigger: str, generation: int) -> tuple[Errors, Reports]:
-        """Whether every process now runs `generation`: the errors, each worker's report."""
-        ...
-
-
-class Reloader:
-    """The one reload flow (POST /reload, SIGHUP, a supervisor's command): read the next
-    config, build all of it, swap it in whole, then have the target apply and confirm it.
-
-    Everything is built before the swap (parse, validate, CA files, TLS contexts), so a
-    config that fails anywhere changes nothing. The flow runs at once up to the target's
-    confirmation (which only a supervisor waits for), so in an edge or a worker reloads
-    are serialised by the reactor.
-    """
-
-    def __init__(
-        self, holder: RuntimeHolder, monitor: Monitor, source: ConfigSource, target: ReloadTarget
-    ) -> None:
-        self.holder = holder
-        self.monitor = monitor
-        self.source = source
-        self.target = target
-
-    def reload(self, trigger: str) -> defer.Deferred[ReloadResult]:
-        """Reload; the Deferred fires with the outcome, applied or not (never fails for a
-        bad config: that is a ReloadResult that is not `ok`)."""
-        return defer.Deferred.fromCoroutine(self._reload(trigger))
-
-    def reload_logged(self, trigger: str) -> None:
-        """A reload nobody waits for (SIGHUP): its outcome goes to the log, a bug too."""
-        self.reload(trigger).addErrback(lambda f: log.failure("reload failed", f))
-
-    async def _reload(self, trigger: str) -> ReloadResult:
-        old = self.holder.current
-        try:
-            candidate = self.source.next(old)
-            new = build_runtime(candidate.config, candidate.generation, previous=old)
-        except ConfigError as e:
-            return self._rejected(trigger, old, e)
-        changed = config_diff(old.config, candidate.config)
-        self.target.stage(candidate)
-        self.holder.swap(new)
-        self.monitor.reloaded(True, new.generation)
-        done = self.target.applied(new, old)
-        log.info(
-            "reload ({trigger}): generation {gen}: {diff}; {done}",
-            trigger=trigger,
-            gen=new.generation,
-            diff=json.dumps(changed, sort_keys=True),
-            done=done,
-        )
-        for line in cast(list[str], changed["restart_required"]):
-            log.warn(
-                "reload: {change} needs a restart; {note}",
-                change=line,
-                note=self.target.restart_note,
-            )
-        errors, workers = await self.target.confirmed(trigger, new.generation)
-        return ReloadResult(
-            not errors, new.generation, changed=changed, errors=errors, workers=workers
-        )
-
-    def _rejected(self, trigger: str, old: Runtime, e: ConfigError) -> ReloadResult:
-        log.warn(
-            "reload ({trigger}) rejected, still running generation {gen}:\n{problems}",
-            trigger=trigger,
-            gen=old.generation,
-            problems=str(e),
-        )
-        errors = tuple({"path": p.path, "message": p.message} for p in e.problems)
-        self.monitor.reloaded(False, old.generation)
-        return ReloadResult(False, old.generation, errors=errors)
-
-
-# --- What serves clients: an edge's, or a worker's -------------------------------------------
-
-
-class DataPath:
-    """The serving machinery of an edge or a worker: runtime holder, origin pool, access log,
-    monitor, proxy and the client factory. As a reload's target it applies the limits, the
-    access log and the pool's routes; on stop it drains."""
-
-    restart_note = "still serving on the old listener"
-
-    def __init__(
-        self, config: Config, reactor: IEdgeReactor, *, process: Process, generation: int
-    ) -> None:
-        self.reactor = reactor
-        self.holder = RuntimeHolder(build_runtime(config, generation=generation))
-        self.pool = OriginPool(
-            reactor,
-            max_per_server=config.limits.origin_max_connections,
-            queue_timeout=config.limits.origin_queue_timeout,
-        )
-        self.access_log = AccessLog(config.access_log)
-        self.monitor = Monitor(reactor, self.pool, process=process)
-        self.monitor.started(generation)
-        self.proxy = Proxy(self.holder, self.pool, self.access_log, reactor, self.monitor)
-        self.factory = DownstreamFactory(self.proxy, config.limits, reactor)
-
-    def start(self) -> None:
-        self.pool.start()
-        self.access_log.start(self.reactor)
-
-    def reopen_access_log(self) -> None:
-        """After `mv access.log access.log.1`, the way logrotate works (SIGUSR1)."""
-        self.access_log.reopen()
-        log.info("access log reopened: {path}", path=str(self.access_log.target))
-
-    def stage(self, candidate: Candidate) -> None:
-        """Nothing: routes, TLS contexts and timeouts all come with the new runtime."""
-
-    def applied(self, new: Runtime, old: Runtime) -> str:
-        config = new.config
-        self.factory.limits = config.limits
-        self.pool.max_per_server = config.limits.origin_max_connections
-        self.pool.queue_timeout = config.limits.origin_queue_timeout
-        if config.access_log != old.config.access_log:
-            self.access_log.target = config.access_log
-            self.access_log.reopen()
-        retired = self.pool.retain(new.pool_keys())
-        return f"{retired} idle origin connections of removed routes closed"
-
-    async def confirmed(self, trigger: str, generation: int) -> tuple[Errors, Reports]:
-        return (), ()  # applied, in the only process there is
-
-    async def drain(self, grace: float) -> None:
-        """Let the requests in flight finish (for up to `grace` seconds), then close.
-
-        Draining closes every idle client connection at once and each busy one once its
-        response is sent; the wait (a Deferred, no polling) ends when no client connection
-        is left, or at the grace's end. Then whatever is still open is cut: requests still
-        running, and clients too slow to take their last response in time.
-        """
-        self.factory.drain()
-        closed = self.factory.when_closed()
-        closed.addTimeout(grace, self.reactor)
-        with contextlib.suppress(defer.TimeoutError):  # the grace is over
-            await closed
-        for conn in list(self.factory.connections):
-            conn.abort()
-        self.pool.stop()
-        self.access_log.close()
-
-
-# --- The supervisor's workers ----------------------------------------------------------------
-
-
-class Workers:
-    """A supervisor's worker processes on the sockets it bound, their run directory (state
-    file, metrics files) and their metrics added up. As a reload's target it writes the new
-    state file before the swap, then has every worker apply it and confirm."""
-
-    restart_note = "not applied"
-
-    def __init__(
-        self,
-        reactor: IEdgeReactor,
-        config: Config,
-        overrides: Mapping[str, str],
-        listeners: list[socket.socket],
-        family: socket.AddressFamily,
-        *,
-        text: str,
-        reactor_name: str | None,
-    ) -> None:
-        self.reactor = reactor
-        self.config = config
-        self.overrides = overrides
-        self.listeners = listeners
-        self.family = family
-        self.text = text
-        self.reactor_name = reactor_name
-
-    def start(self, monitor: Monitor) -> None:
-        """Make the run directory, write generation 1's state and start every worker."""
-        self.rundir = RunDir()
-        self._write_state(self.text, 1)
-        self.metrics = WorkerMetrics(monitor.render, self.rundir.metrics)
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.rundir.metrics)}
-        self.pool = WorkerPool(
-            self.reactor,
-            self.config.workers,
-            worker_argv(self.rundir.state, self.reactor_name),
-            env,
-            self.rundir.metrics,
-            listen_fds=[sock.fileno() for sock in self.listeners],
-        )
-        self.pool.start()
-
-    def _write_state(self, text: str, generation: int) -> None:
-        self.rundir.write_state(
-            WorkerState(
-                generation=generation,
-                text=text,
-                source=str(self.config.source),
-                overrides=self.overrides,
-                family=self.family,
-            )
-        )
-
-    def render_metrics(self) -> bytes:
-        return self.metrics.render()
-
-    def describe(self) -> list[dict[str, Any]]:
-        return self.pool.describe(self.metrics.requests_of)
-
-    def reopen_access_logs(self) -> None:
-        n = self.pool.signal_all(signal.SIGUSR1)
-        log.info("SIGUSR1 forwarded to {n} workers (each reopens the access log)", n=n)
-
-    def stage(self, candidate: Candidate) -> None:
-        """The state file first: a worker (re)starting from now on starts on the new config."""
-        self._write_state(candidate.text, candidate.generation)
-
-    def applied(self, new: Runtime, old: Runtime) -> str:
-        return f"telling {len(self.pool.running())} workers"
-
-    async def confirmed(self, trigger: str, generation: int) -> tuple[Errors, Reports]:
-        """Every worker must apply it: any that rejects it or does not answer is a failure."""
-        reports = await self.pool.reload(generation, RELOAD_TIMEOUT)
-        failed = [r for r in reports if not r["ok"]]
-        for report in failed:
-            log.warn(
-                "reload ({trigger}): worker {worker} (pid {pid}) {error}",
-                trigger=trigger,
-                worker=report["worker"],
-                pid=report["pid"],
-                error=report["error"],
-            )
-        errors = tuple(
-            {"path": f"workers[{r['worker']}]", "message": f"pid {r['pid']}: {r['error']}"}
-            for r in failed
-        )
-        return errors, tuple(reports)
-
-    def stop(self, grace: float) -> defer.Deferred[None]:
-        """SIGTERM every worker, and close our copies of the client sockets: they close for
-        good as each worker stops listening, so new connections are refused, not left
-        waiting for a worker that will never come. Fires once every worker is reaped (after
-        SIGKILL for any still running after `grace`) and the run directory is gone."""
-        reaped = self.pool.stop(grace)
-        for sock in set(self.listeners):
-            sock.close()
-        return defer.Deferred.fromCoroutine(self._remove_after(reaped))
-
-    async def _remove_after(self, reaped: defer.Deferred[None]) -> None:
-        await reaped
-        self.rundir.remove()
-
-
-# --- Shared by the services: admin site, listeners, signals ----------------------------------
+# --- Shared by the services: admin site, listeners -------------------------------------------
 
 
 def admin_site(
@@ -550,53 +211,6 @@ def listen(
 async def stop_listening(ports: list[IListeningPort]) -> None:
     for port in ports:
         await defer.maybeDeferred(port.stopListening)
-
-
-class Signals:
-    """A process's signals: SIGHUP reloads; SIGTERM/SIGINT stop gracefully and exit 0;
-    SIGUSR1 reopens the access log, and still rotates twistd's own --logfile.
-
-    Twisted's handlers make twistd re-raise the stop signal at exit (status -15), which an
-    init system reads as a crash; a requested stop is not one. Handlers only schedule work:
-    they may run between any two bytecodes of reactor code.
-    """
-
-    def __init__(
-        self, reactor: IEdgeReactor, *, reload: Callable[[str], None], reopen: Callable[[], None]
-    ) -> None:
-        self.reactor = reactor
-        self._reload = reload
-        self._reopen = reopen
-        self._stopping = False
-        self._twistd_usr1: Any = None
-
-    def install(self) -> None:
-        """Once the reactor runs (it installs Twisted's own handlers): ours replace them."""
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._stop_requested)
-        signal.signal(signal.SIGHUP, self._reload_requested)
-        self._twistd_usr1 = signal.getsignal(signal.SIGUSR1)
-        signal.signal(signal.SIGUSR1, self._reopen_requested)
-
-    def stop(self, why: str) -> None:
-        """Stop the process, once: Ctrl-C signals a supervisor's workers too, and then the
-        supervisor does."""
-        if self._stopping:
-            return
-        self._stopping = True
-        log.info("edgenode stopping on {signal}", signal=why)
-        self.reactor.stop()
-
-    def _stop_requested(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self.stop, signal.Signals(signum).name)
-
-    def _reload_requested(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self._reload, "SIGHUP")
-
-    def _reopen_requested(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self._reopen)
-        if callable(self._twistd_usr1):
-            self._twistd_usr1(signum, frame)
 
 
 def _freeze_heap() -> None:
@@ -768,7 +382,7 @@ class SupervisorService(service.Service):
 
     It serves no client itself. Its config is the truth: a reload is validated here
     (parsed, CA files read, TLS contexts built) before any worker hears of it, and then
-    every worker must confirm it (edgenode.control.workers). SIGHUP reloads the same way,
+    every worker must confirm it (edgenode.control.supervisor). SIGHUP reloads the same way,
     SIGUSR1 is forwarded to every worker (each reopens its access log), SIGTERM stops
     every worker gracefully, then this process exits 0.
     """

@@ -1,51 +1,14 @@
-"""Worker processes: a supervisor binds the client listener once and N workers serve it.
+"""The supervisor's worker processes: the pool that starts, restarts, signals, reloads and
+stops them (`WorkerPool`), and its end of each one (`WorkerProcess`: commands out, answers
+and log lines in, the exit).
 
-With `workers: N` (N > 1) the twistd process is a supervisor. It serves no client: it
-binds `listen`, spawns N workers (`twistd edgenode --worker STATE`, each a `WorkerService`:
-the edge's data path on its socket), restarts a worker that dies, forwards SIGUSR1, stops
-them with SIGTERM, and runs the one admin API. A reload is validated here first and only
-then announced to every worker, which answers on its control channel.
-
-Per worker process: fd 0 carries the supervisor's commands (one JSON object a line),
-fd 3 the worker's answers and events, fd 2 its twistd log (one event a line, which the
-supervisor writes into its own log with the worker's number and pid), fd 1 is the
-supervisor's stdout (for `access_log: "-"`), and fd 4 its listening socket.
-A worker whose control channel closes (the supervisor is gone) stops as on SIGTERM.
-
-The config a worker runs is the text the supervisor validated, with its generation, in
-the state file (`RunDir.state`): whatever happens to the config file later, a restarted
-worker starts on exactly what the others run. Metrics: each worker publishes its counts
-once a second, and a last time when it stops, into prometheus-client's multiprocess files
-under `RunDir.metrics`; the supervisor's /metrics adds them up (`WorkerMetrics`). The run
-directory is made fresh per run and removed at stop.
-
-How the workers share the port: one listening socket per worker, all bound by the
-supervisor with SO_REUSEPORT (one group), each inherited by its worker as fd 4 and
-adopted with `adoptStreamPort` (non-blocking). The alternative, one socket inherited by
-every worker, was measured against it on this 2-core machine (`bench/workers_spread.py`:
-2 workers, plain-HTTP nginx origin, 1 KiB answers; the busiest worker's share of the
-requests, 8 runs each):
-
-    scenario                          inherited socket          SO_REUSEPORT group
-    wrk, 32 keep-alive connections    52-78 %, and 100 % in     50-59 %
-                                      2 of 8 runs (one worker
-                                      took all 32 connections)
-    wrk, 32 conns, a new one per      51-62 %                   50-51 %
-    request (Connection: close)
-    one client, 1000 sequential       51-58 %                   50-54 %
-    new connections
-
-With one shared socket every worker's epoll wakes for a new connection and Twisted's
-accept loop takes all that are queued, so a burst (wrk opening its 32 connections) can
-land on one worker and stay there for as long as the connections live. SO_REUSEPORT
-hashes each connection to one socket of the group, so the spread is even whatever the
-timing; it ignores how busy a worker is, which matters little when workers are alike.
-
-Binding the whole group in the supervisor, rather than in each worker, keeps what the
-shared socket had: all binding happens once, at start, before twistd drops privileges
-(`-u`), and a port in use stops the start; a worker that dies leaves its socket open
-here, so the connections the kernel queued on it wait for its successor (restarted after
-0.5 s, doubling up to 30 s while it keeps dying young) instead of being reset.
+A worker that dies is restarted after 0.5 s, doubling up to 30 s while it keeps dying
+young; its listening socket stays open in the supervisor meanwhile, so the connections
+the kernel queued on it wait for its successor (edgenode.control.supervisor). A reload is
+announced to every worker and answered on its control channel; a worker that rejects it
+or does not answer is replaced, so every worker ends up on the supervisor's generation.
+The descriptors, the line format and the command line are the worker's
+(edgenode.control.worker).
 """
 
 from __future__ import annotations
@@ -53,44 +16,20 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import os
-import shutil
 import signal
-import socket
-import sys
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
-import attrs
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.multiprocess import mark_process_dead
 from twisted.internet import defer, error, protocol
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.stdio import StandardIO
-from twisted.logger import (
-    FileLogObserver,
-    ILogObserver,
-    Logger,
-    LogLevel,
-    formatEventAsClassicLogText,
-)
-from twisted.protocols.basic import LineOnlyReceiver
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from edgenode.config import Config, apply_overrides, parse_config
-from edgenode.datapath.monitor import supervisor_families
-from edgenode.endpoints import ServerEndpoint
+from edgenode.control.worker import CONTROL_IN_FD, CONTROL_OUT_FD, LISTEN_FD, LOG_FD, MAX_LINE
 from edgenode.reactors import IEdgeReactor
 
 log = Logger()
-
-CONTROL_IN_FD = 0  # worker's stdin: the supervisor's commands
-CONTROL_OUT_FD = 3  # the worker's answers and events
-LOG_FD = 2  # the worker's twistd log
-LISTEN_FD = 4  # the worker's listening socket
 
 RELOAD_TIMEOUT = 5.0  # seconds a worker has to confirm a reload
 STARTUP_TIMEOUT = 30.0  # ... or, one still starting (Python and twistd take a while)
@@ -98,200 +37,6 @@ RESTART_DELAY = 0.5  # first restart delay; doubles per quick death, up to the m
 RESTART_DELAY_MAX = 30.0
 STABLE_AFTER = 10.0  # a worker that ran this long died "late": restart it quickly again
 KILL_WAIT = 5.0  # seconds to wait for a SIGKILLed worker to be reaped
-MAX_LINE = 65536  # a longer line from a worker is cut there
-
-# twistd has no `python -m` entry point; this runs what the console script runs.
-TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
-
-# How the workers share the port (see the module docstring): "reuseport" (one socket per
-# worker in one SO_REUSEPORT group), or "inherit" (one socket for all), kept only so that
-# bench/workers_spread.py can measure both.
-SHARE = os.environ.get("EDGENODE_WORKER_SHARE", "reuseport")
-
-
-# --- The run directory and the state file ----------------------------------------------------
-
-
-@attrs.frozen
-class WorkerState:
-    """What a worker starts (and reloads) from: the config the supervisor validated."""
-
-    generation: int
-    text: str  # the YAML text the supervisor validated
-    source: str  # the config file it came from: relative paths are relative to it
-    overrides: Mapping[str, str]
-    family: socket.AddressFamily  # of the listening socket on LISTEN_FD
-
-    def config(self) -> Config:
-        """The config, parsed as the supervisor parsed it; raises `ConfigError`."""
-        config = parse_config(self.text, base_dir=Path(self.source).parent, source=self.source)
-        return apply_overrides(config, self.overrides)
-
-
-class RunDir:
-    """The supervisor's directory for one run: the state file and the metrics files."""
-
-    def __init__(self) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix="edgenode-"))
-        self.state = self.path / "state.json"
-        self.metrics = self.path / "metrics"
-        self.metrics.mkdir()
-
-    def write_state(self, state: WorkerState) -> None:
-        """Replace the state file whole (a worker starting right now reads old or new)."""
-        data = {
-            "generation": state.generation,
-            "text": state.text,
-            "source": state.source,
-            "overrides": dict(state.overrides),
-            "family": int(state.family),
-        }
-        tmp = self.state.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.state)
-
-    def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
-
-def read_state(path: str | Path) -> WorkerState:
-    data = json.loads(Path(path).read_text())
-    return WorkerState(
-        generation=data["generation"],
-        text=data["text"],
-        source=data["source"],
-        overrides=data["overrides"],
-        family=socket.AddressFamily(data["family"]),
-    )
-
-
-# --- The listening socket --------------------------------------------------------------------
-
-
-def bind_listeners(
-    listen: ServerEndpoint, count: int, *, share: str = SHARE
-) -> list[socket.socket]:
-    """The client listener (a tcp:/tcp6: endpoint), bound here (before twistd drops
-    privileges), one socket per worker: with "reuseport" `count` sockets in one SO_REUSEPORT
-    group, so the kernel spreads new connections evenly over them; with "inherit" one
-    socket, `count` times.
-
-    A worker that dies leaves its socket here: connections the kernel queued on it wait
-    for its replacement instead of being reset.
-    """
-    interface, port, backlog = listen.interface, listen.port, listen.backlog
-    # The config refuses workers on any other kind, and a TCP endpoint has all three.
-    assert listen.is_tcp and interface is not None and port is not None and backlog is not None
-    if share != "reuseport":
-        return [_bind(listen.family, (interface, port), backlog, reuseport=False)] * count
-    sockets = [_bind(listen.family, (interface, port), backlog, reuseport=True)]
-    try:
-        port = sockets[0].getsockname()[1]  # the port the kernel chose, for `tcp:0`
-        for _ in range(count - 1):
-            sockets.append(_bind(listen.family, (interface, port), backlog, reuseport=True))
-    except OSError:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
-
-
-def _bind(
-    family: socket.AddressFamily, address: tuple[str, int], backlog: int, *, reuseport: bool
-) -> socket.socket:
-    """A listening socket as Twisted makes one (SO_REUSEADDR), but non-blocking from the
-    start: a worker's reactor must never block in accept(), where no signal reaches it."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuseport:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def adopt_listener(
-    reactor: IEdgeReactor, family: socket.AddressFamily, factory: Any
-) -> IListeningPort:
-    """The worker's client listener: the socket the supervisor passed as LISTEN_FD."""
-    os.set_blocking(LISTEN_FD, False)  # it is already; a blocking one would hang the worker
-    try:
-        port: IListeningPort = reactor.adoptStreamPort(LISTEN_FD, family, factory)
-        return port
-    finally:
-        os.close(LISTEN_FD)  # the port holds its own duplicate
-
-
-# --- The worker's end of the control channel -------------------------------------------------
-
-
-Answer = dict[str, Any] | defer.Deferred[dict[str, Any]]  # a reload's answer comes when done
-
-
-class ControlChannel(LineOnlyReceiver):
-    """A worker's end: commands in on fd 0, answers and events out on fd 3, JSON lines.
-
-    Each command is answered once its handler's answer is there (at once, or when its
-    Deferred fires), with the command's id.
-    """
-
-    delimiter = b"\n"
-    MAX_LENGTH = MAX_LINE
-
-    def __init__(
-        self, handle: Callable[[dict[str, Any]], Answer], lost: Callable[[], None]
-    ) -> None:
-        self._handle = handle
-        self._lost = lost
-
-    def lineReceived(self, line: bytes) -> None:
-        message: Any = None
-        answer: defer.Deferred[dict[str, Any]]
-        try:
-            message = json.loads(line)
-            handled = self._handle(message)
-        except Exception:
-            answer = defer.fail()
-        else:
-            answer = handled if isinstance(handled, defer.Deferred) else defer.succeed(handled)
-
-        def failed(failure: Failure) -> dict[str, Any]:
-            log.failure("control command {line!r} failed", failure, line=line[:200])
-            return {"ok": False, "errors": [{"path": "", "message": "the worker failed"}]}
-
-        def send(result: dict[str, Any]) -> None:
-            self.send({**result, "id": message.get("id") if isinstance(message, dict) else None})
-
-        answer.addErrback(failed).addCallback(send)
-
-    def send(self, message: dict[str, Any]) -> None:
-        self.sendLine(json.dumps(message).encode())
-
-    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self._lost()
-
-
-def open_control_channel(reactor: IEdgeReactor, channel: ControlChannel) -> StandardIO:
-    # On POSIX StandardIO takes the descriptors; mypy reads the Windows signature.
-    return StandardIO(  # type: ignore[call-arg]
-        channel, stdin=CONTROL_IN_FD, stdout=CONTROL_OUT_FD, reactor=reactor
-    )
-
-
-def worker_log_observer() -> ILogObserver:
-    """twistd `--logger` for workers: one event a line on stderr, without a timestamp (the
-    supervisor's log adds its own). Continuation lines of an event start with a tab."""
-
-    def format_event(event: dict[str, Any]) -> str | None:
-        text = formatEventAsClassicLogText(event, formatTime=lambda _: "")
-        return text.lstrip(" ") if text else None
-
-    return FileLogObserver(sys.stderr, format_event)
 
 
 # --- The supervisor's end: one worker process ------------------------------------------------
@@ -428,7 +173,7 @@ def describe_exit(reason: Failure) -> str:
     return f"exited with status {getattr(value, 'exitCode', None)}"
 
 
-# --- The supervisor's end: the pool ----------------------------------------------------------
+# --- The pool --------------------------------------------------------------------------------
 
 
 class WorkerPool:
@@ -639,51 +384,3 @@ class WorkerPool:
                 }
             )
         return out
-
-
-def worker_argv(state: Path, reactor_name: str | None) -> list[str]:
-    """The command line of a worker: this Python, its warning options, twistd, the plugin."""
-    argv = [sys.executable, *(f"-W{option}" for option in sys.warnoptions), "-c", TWISTD]
-    argv += ["-n", "--pidfile=", "--logger", f"{__name__}.worker_log_observer"]
-    if reactor_name:
-        argv += ["--reactor", reactor_name]
-    return [*argv, "edgenode", "--worker", str(state)]
-
-
-# --- Metrics over all workers ----------------------------------------------------------------
-
-
-class WorkerMetrics:
-    """The supervisor's /metrics: its own registry, then the workers' files added up (each
-    worker publishes its counts there once a second, `Monitor.publish`)."""
-
-    def __init__(self, own: Callable[[], bytes], directory: Path) -> None:
-        self._own = own
-        self.directory = directory
-        self.registry = CollectorRegistry()
-        self.registry.register(_WorkerFiles(directory))
-
-    def render(self) -> bytes:
-        return self._own() + generate_latest(self.registry)
-
-    def requests_of(self, pid: int) -> int:
-        """Requests the worker with this pid answered (its own counter file)."""
-        path = self.directory / f"counter_{pid}.db"
-        if not path.exists():
-            return 0
-        total = 0.0
-        for metric in MultiProcessCollector.merge([str(path)], accumulate=False):
-            if metric.name == "edgenode_requests":
-                total += sum(s.value for s in metric.samples if s.name == "edgenode_requests_total")
-        return int(total)
-
-
-class _WorkerFiles:
-    """The workers' multiprocess files added up, with the request-duration histogram rebuilt
-    from what the workers published of it (`supervisor_families`)."""
-
-    def __init__(self, directory: Path) -> None:
-        self._files = MultiProcessCollector(None, path=str(directory))
-
-    def collect(self) -> Iterator[Metric]:
-        return supervisor_families(self._files.collect())
