@@ -16,8 +16,9 @@ With `workers` > 1 the numbers live in several processes. Each worker publishes 
 counts once a second (`Monitor.publish`, and a last time when it stops) into
 prometheus-client's multiprocess files (the supervisor sets PROMETHEUS_MULTIPROC_DIR for
 it); the supervisor counts reloads and the generation itself, and its /metrics adds the
-workers' files up (`edgenode.control.workermetrics.WorkerMetrics`, which rebuilds the duration histogram
-with `supervisor_families`). Hence the three kinds of process a `Monitor` is made for.
+workers' files up (`edgenode.control.workermetrics.WorkerMetrics`, which rebuilds the
+duration histogram with `supervisor_families`). Hence the three kinds of process a
+`Monitor` is made for.
 """
 
 from __future__ import annotations
