@@ -26,6 +26,7 @@ from tests.support.edge import EdgeProcess
 from tests.support.net import free_port
 from tests.support.origin import TLSOrigin
 from tests.support.pki import PKI
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -267,10 +268,7 @@ def test_sighup_reloads_like_post_reload(edge_factory, pki, three_name_origin) -
     edge = edge_factory(_config(pki, three_name_origin, shop_test="a.test"))
     _rewrite(edge, _set_sni("shop.test", "c.test"))
     edge.signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while _generation(edge) != 2:
-        assert time.monotonic() < deadline, edge.log_text()
-        time.sleep(0.05)
+    wait_until(lambda: _generation(edge) == 2, 10, "generation 2 after SIGHUP", 0.05)
     assert edge.request("GET", "/", host="shop.test").json()["vhost"] == "c.test"
     assert "reload (SIGHUP): generation 2" in edge.log_text()
     assert "origin_sni.value: a.test -> c.test" in edge.log_text()
@@ -281,10 +279,7 @@ def test_sighup_with_bad_config_logs_the_problems(edge_factory, pki, origin) -> 
     edge = edge_factory(_config(pki, origin, a_test="a.test"))
     _rewrite(edge, _wildcard)
     edge.signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while "reload (SIGHUP) rejected" not in edge.log_text():
-        assert time.monotonic() < deadline, edge.log_text()
-        time.sleep(0.05)
+    wait_until(lambda: "reload (SIGHUP) rejected" in edge.log_text(), 10, "the rejection")
     assert "is a wildcard" in edge.log_text()
     assert _generation(edge) == 1
 

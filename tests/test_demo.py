@@ -25,6 +25,7 @@ from edgenode.control.demo import (
 from edgenode.control.service import Options
 from tests.support.edge import EdgeProcess
 from tests.support.net import LOOPBACK, free_port, port_accepts
+from tests.support.waiting import wait_until
 
 _ORIGIN = re.compile(r"one TLS origin on 127\.0\.0\.1:(\d+)")
 _DIRECTORY = re.compile(r"Everything lives in (\S+), removed")
@@ -67,10 +68,7 @@ def demo(edge_factory: Callable[..., EdgeProcess]) -> Demo:
         {"listen": listen, "admin": {"listen": admin_listen}},
         plugin_args=["--demo", "--listen", listen, "--admin-listen", admin_listen],
     )
-    deadline = time.monotonic() + 10
-    while not _DIRECTORY.search(_stdout(edge)):
-        assert time.monotonic() < deadline, edge._explain("the demo printed no instructions")
-        time.sleep(0.02)
+    wait_until(lambda: _DIRECTORY.search(_stdout(edge)), 10, "the demo's instructions")
     out = _stdout(edge)
     origin, directory = _ORIGIN.search(out), _DIRECTORY.search(out)
     assert origin is not None and directory is not None, out
