@@ -20,7 +20,7 @@ from tests.support.edge import EdgeProcess
 from tests.support.net import LOOPBACK, read_until_close
 from tests.support.origin import TLSOrigin
 from tests.support.pki import PKI
-from tests.test_proxy_http import _rss_bytes as rss_bytes
+from tests.support.procfs import rss_bytes
 from tests.test_reliability import upload_until_answered
 
 EdgeFactory = Callable[..., EdgeProcess]

@@ -15,8 +15,8 @@ from edgenode.config import Limits
 from edgenode.datapath.downstream import ClientStream, RequestHead
 from edgenode.datapath.headers import DROP, REQUEST_ACTIONS, scan_request
 from edgenode.errors import ErrorCode
+from tests.support.memory_client import HOST, Client, RecordingHandler, RecordingSink
 from tests.support.transport import status_lines
-from tests.test_downstream import HOST, Client, RecordingHandler, RecordingSink
 
 SMUGGLED = b"GET /SMUGGLED HTTP/1.1\r\n" + HOST + b"\r\n"
 

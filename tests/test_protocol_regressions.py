@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from edgenode.config import Limits
 from edgenode.errors import ErrorCode
+from tests.support.memory_client import HOST, Client
+from tests.support.memory_edge import WWW, Edge
 from tests.support.transport import status_lines
-from tests.test_downstream import HOST, Client
-from tests.test_proxy_unit import WWW, Edge
 from tests.test_upstream import (
     OK_5,
     REQUEST,

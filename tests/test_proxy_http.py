@@ -17,7 +17,6 @@ import re
 import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +25,7 @@ from tests.support.edge import EdgeProcess, Response, send
 from tests.support.net import LOOPBACK
 from tests.support.origin import TLSOrigin, pattern
 from tests.support.pki import PKI
+from tests.support.procfs import rss_bytes
 
 EdgeFactory = Callable[..., EdgeProcess]
 MiB = 1024 * 1024
@@ -350,19 +350,12 @@ def test_20_mib_request_body_reaches_the_origin_intact(edge: EdgeProcess, origin
     assert (seen["body_len"], seen["body_sha256"]) == (len(body), sha(body))
 
 
-def _rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
-
-
 def test_slow_reading_client_does_not_make_the_edge_buffer_the_body(edge: EdgeProcess):
     """While a client stalls on a 20 MiB body the edge's memory stays flat; then it all arrives."""
     size = 20 * MiB
     assert edge.pid is not None
     edge.request("GET", "/warm-up", host="a.test")  # pool, TLS context, code paths
-    rss_before = _rss_bytes(edge.pid)
+    rss_before = rss_bytes(edge.pid)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     sock.settimeout(10)
@@ -378,7 +371,7 @@ def test_slow_reading_client_does_not_make_the_edge_buffer_the_body(edge: EdgePr
         peak = rss_before
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
-            peak = max(peak, _rss_bytes(edge.pid))
+            peak = max(peak, rss_bytes(edge.pid))
             time.sleep(0.05)
         growth = peak - rss_before
         while True:

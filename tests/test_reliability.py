@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import os
 import select
 import selectors
 import socket
@@ -25,13 +24,13 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from edgenode.datapath.proxy import DEADLINE_TICK
 from tests.support.edge import EdgeProcess, send
 from tests.support.faults import FaultyOrigin, FlakyKeepAliveOrigin, ResetOnFirstBytes
+from tests.support.memory_edge import OK_5, WWW, Edge, http_domain, lose
 from tests.support.net import LOOPBACK, free_port
 from tests.support.origin import Servers, TLSOrigin
 from tests.support.pki import PKI
+from tests.support.procfs import fd_count, rss_bytes
 from tests.support.waiting import wait_until
 from tests.test_proxy_failures import at, edge_config, only_record
-from tests.test_proxy_http import _rss_bytes as rss_bytes
-from tests.test_proxy_unit import OK_5, WWW, Edge, http_domain, lose
 
 EdgeFactory = Callable[..., EdgeProcess]
 KiB = 1024
@@ -40,11 +39,6 @@ MiB = 1024 * KiB
 
 def start(edge_factory: EdgeFactory, config: dict[str, Any]) -> EdgeProcess:
     return edge_factory(config, wait_admin=False)
-
-
-def fd_count(pid: int) -> int:
-    """How many file descriptors process `pid` has open."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def settle(measure: Callable[[], int], limit: int, timeout: float = 10.0) -> int:

@@ -27,9 +27,8 @@ from tests.support.faults import RotatingFaultOrigin
 from tests.support.net import LOOPBACK
 from tests.support.origin import Servers, pattern
 from tests.support.pki import PKI
+from tests.support.procfs import fd_count, rss_bytes
 from tests.support.waiting import wait_until
-from tests.test_proxy_http import _rss_bytes as rss_bytes
-from tests.test_reliability import fd_count
 
 EdgeFactory = Callable[..., EdgeProcess]
 MiB = 1024 * 1024
