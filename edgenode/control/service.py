@@ -213,6 +213,16 @@ async def stop_listening(ports: list[IListeningPort]) -> None:
         await defer.maybeDeferred(port.stopListening)
 
 
+def start_serving(reactor: IEdgeReactor, data: DataPath, reloader: Reloader) -> Signals:
+    """What an edge and a worker do alike once started: serve, and answer the signals
+    (installed once the reactor runs), with the heap frozen after start-up."""
+    data.start()
+    signals = Signals(reactor, reload=reloader.reload_logged, reopen=data.reopen_access_log)
+    reactor.callWhenRunning(signals.install)
+    reactor.callWhenRunning(_freeze_heap)
+    return signals
+
+
 def _freeze_heap() -> None:
     """What is alive once running (modules, config, TLS contexts: most of the heap) lives as
     long as the process: out of the collector's way, a full collection costs milliseconds
@@ -254,12 +264,7 @@ class EdgeService(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        self.data.start()
-        self.signals = Signals(
-            self.reactor, reload=self.reloader.reload_logged, reopen=self.data.reopen_access_log
-        )
-        self.reactor.callWhenRunning(self.signals.install)
-        self.reactor.callWhenRunning(_freeze_heap)
+        self.signals = start_serving(self.reactor, self.data, self.reloader)
         runtime = self.data.holder.current
         log.info(
             "edgenode started: listening on {listen}, admin on {admin}, {n} domains ({names}), "
@@ -315,12 +320,7 @@ class WorkerService(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        self.data.start()
-        self.signals = Signals(
-            self.reactor, reload=self.reloader.reload_logged, reopen=self.data.reopen_access_log
-        )
-        self.reactor.callWhenRunning(self.signals.install)
-        self.reactor.callWhenRunning(_freeze_heap)
+        self.signals = start_serving(self.reactor, self.data, self.reloader)
         log.info(
             "edgenode worker started (pid {pid}): serving {listen}, generation {gen}",
             pid=os.getpid(),
