@@ -20,7 +20,6 @@ from typing import Any
 import attrs
 from twisted.internet.protocol import ClientFactory
 from twisted.internet.task import LoopingCall
-from twisted.python.failure import Failure
 
 from edgenode.datapath.origintls import OriginTLSFactory
 from edgenode.datapath.upstream import (
@@ -28,28 +27,12 @@ from edgenode.datapath.upstream import (
     CLOSED,
     IDLE,
     ConnectionWaiter,
+    OneConnectionFactory,
     UpstreamConnection,
-    connect_failure,
 )
 from edgenode.errors import ErrorCode, OriginError
 from edgenode.reactors import IOriginReactor
 from edgenode.routes import OriginRoute
-
-
-class _ConnectionFactory(ClientFactory):
-    """Builds the one UpstreamConnection of one connect attempt and reports connect failures."""
-
-    noisy = False
-
-    def __init__(self, conn: UpstreamConnection, connect_timeout: float) -> None:
-        self.conn = conn
-        self.connect_timeout = connect_timeout
-
-    def buildProtocol(self, addr: Any) -> UpstreamConnection:
-        return self.conn
-
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        self.conn.fail_setup(connect_failure(reason.value, self.connect_timeout))
 
 
 @attrs.define(eq=False)
@@ -138,7 +121,7 @@ class OriginPool:
         tls = route.creator.facts() if route.creator is not None else None
         conn = UpstreamConnection(self, route, self.clock.seconds(), handshake_timeout, tls)
         self._open[route.server] += 1
-        factory: ClientFactory = _ConnectionFactory(conn, connect_timeout)
+        factory: ClientFactory = OneConnectionFactory(conn, conn.fail_setup, connect_timeout)
         if route.tls:
             assert route.creator is not None and tls is not None
             self.handshakes += 1

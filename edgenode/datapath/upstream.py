@@ -10,11 +10,13 @@ Invariants:
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import httptools
 from twisted.internet import error as neterror
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
+from twisted.internet.protocol import ClientFactory
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -421,6 +423,30 @@ def _set_nodelay(transport: Any) -> None:
     handle = transport.getHandle() if hasattr(transport, "getHandle") else None
     if isinstance(handle, socket.socket):
         handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class OneConnectionFactory(ClientFactory):
+    """Hands out the one protocol of one connect attempt; a TCP connect that fails reaches
+    `failed` as the SPEC §4 error. The edge's pool and the probe connect through it, so
+    they report connect failures alike."""
+
+    noisy = False
+
+    def __init__(
+        self,
+        protocol: TwistedProtocol,
+        failed: Callable[[OriginError], None],
+        connect_timeout: float,
+    ) -> None:
+        self.conn = protocol
+        self.failed = failed
+        self.connect_timeout = connect_timeout
+
+    def buildProtocol(self, addr: Any) -> TwistedProtocol:
+        return self.conn
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.failed(connect_failure(reason.value, self.connect_timeout))
 
 
 def connect_failure(exc: BaseException, timeout: float) -> OriginError:

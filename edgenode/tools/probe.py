@@ -26,14 +26,14 @@ import attrs
 from twisted.internet import task
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
-from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from edgenode.config import Config, Domain, load_config
 from edgenode.datapath.transport import StreamTransport
-from edgenode.datapath.upstream import connect_failure, setup_failure
+from edgenode.datapath.upstream import OneConnectionFactory, setup_failure
 from edgenode.errors import ConfigError, ErrorCode, OriginError
 from edgenode.hostnames import normalize_hostname, validate_sni
 from edgenode.reactors import IOriginReactor
@@ -255,22 +255,6 @@ class HandshakeProbe(Protocol):
             self.done.callback(err)
 
 
-class _ProbeFactory(ClientFactory):
-    """Hands out the one HandshakeProbe and turns TCP connect failures into edge errors."""
-
-    noisy = False
-
-    def __init__(self, probe: HandshakeProbe, connect_timeout: float) -> None:
-        self.probe = probe
-        self.connect_timeout = connect_timeout
-
-    def buildProtocol(self, addr: Any) -> HandshakeProbe:
-        return self.probe
-
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        self.probe.connect_failed(connect_failure(reason.value, self.connect_timeout))
-
-
 # --- Results -------------------------------------------------------------------------------
 
 
@@ -326,7 +310,9 @@ async def probe_origin(
     facts = target.creator.facts()
     probe = HandshakeProbe(reactor, target.handshake_timeout, facts)
     factory = TLSMemoryBIOFactory(
-        target.creator.connection_creator(facts), True, _ProbeFactory(probe, target.connect_timeout)
+        target.creator.connection_creator(facts),
+        True,
+        OneConnectionFactory(probe, probe.connect_failed, target.connect_timeout),
     )
     factory.noisy = False
     reactor.connectTCP(target.address, target.port, factory, timeout=target.connect_timeout)
