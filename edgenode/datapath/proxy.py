@@ -150,8 +150,10 @@ class Exchange:
     _cancel_acquire: Any = None
     _timer_limit: float | None = None
     _last_progress = 0.0
-    _body_pending: list[bytes] | tuple[()] = ()  # body not yet sent: no origin connection yet
-    _replay: list[bytes] | tuple[()] | None = ()  # body kept to retry elsewhere; None = too big
+    # The two body lists: empty tuples by default, so that a request without a body costs no
+    # allocation; only a request with one gets body() calls, and its __init__ makes lists.
+    _body_pending: list[bytes] = ()  # type: ignore[assignment]  # not yet sent: no connection
+    _replay: list[bytes] | None = ()  # type: ignore[assignment]  # to retry; None = too big
     _replay_size = 0
     _body_sent = False
     _stale_retried = False
@@ -348,17 +350,14 @@ class Exchange:
     def body(self, data: bytes) -> None:
         if self.phase is DONE:
             return
-        replay, pending = self._replay, self._body_pending
-        # Only a request with a body gets body(), and its __init__ made both lists.
-        assert isinstance(pending, list) and not isinstance(replay, tuple)
-        if replay is not None:
+        if self._replay is not None:
             self._replay_size += len(data)
             if self._replay_size <= REPLAY_BYTES:
-                replay.append(data)
+                self._replay.append(data)
             else:
                 self._replay = None
         if self.conn is None:
-            pending.append(data)
+            self._body_pending.append(data)
             if not self._paused_upload:
                 # No origin connection yet: stop reading the client until there is one.
                 self._paused_upload = True
