@@ -358,6 +358,7 @@ class _OneConnection:
     def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
         return self._creator.new_connection(self._facts)
 
+
 def name_mismatch_detail(peer: CertFacts, verify_name: str, sni: str | None) -> str:
     """Explain a certificate that does not cover the name we verify against."""
     if sni is None:

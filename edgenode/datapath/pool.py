@@ -21,7 +21,7 @@ import attrs
 from twisted.internet.protocol import ClientFactory
 from twisted.internet.task import LoopingCall
 
-from edgenode.datapath.origintls import OriginTLSFactory
+from edgenode.datapath.tlstransport import OriginTLSFactory
 from edgenode.datapath.upstream import (
     BUSY,
     CLOSED,

@@ -4,7 +4,7 @@ Twisted's `write()` only buffers: it registers a writer and sends in the next re
 round (an epoll_ctl to add it, a doWrite, an epoll_ctl to remove it). What the edge writes
 per request (a response, a request head) nearly always fits the socket buffer, so a
 `SocketWriter` sends it at once. Both sides of the data path write through one: the
-client connection (downstream.py) and the origin TLS transport (origintls.py).
+client connection (downstream.py) and the origin TLS transport (tlstransport.py).
 
 Invariants:
 - Order. Once the socket takes less than it was offered, the rest and every later write

@@ -2,7 +2,7 @@
 
 The probe makes the edge's handshake (the route's `OriginTLSCreator`: same trust
 profile, SNI, verify name and verify callback) over Twisted's `TLSMemoryBIOFactory`
-rather than the data path's own transport (origintls.py), which the verdict does not
+rather than the data path's own transport (tlstransport.py), which the verdict does not
 depend on. It stops after the handshake without sending a request, and reports per origin what the
 origin presented and the verdict the edge would reach, in the edge's error codes
 (SPEC §4), with a hint an operator can act on. A failed verification still reports the

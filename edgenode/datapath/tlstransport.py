@@ -1,9 +1,11 @@
-"""The TLS client transport for origin connections: pyOpenSSL memory BIOs over one TCP connection.
+"""TLS over one TCP connection on pyOpenSSL memory BIOs, for both sides of the data path.
 
-`OriginTLSProtocol` sits between the reactor's TCP transport and one `UpstreamConnection`
-(the wrapped protocol), in place of Twisted's `TLSMemoryBIOProtocol`. It exists for two
-costs that one paid per request: a write only buffered, so the request head waited for
-the next reactor round (epoll_ctl add, doWrite, epoll_ctl remove), and its Python.
+`TLSTransport` sits between the reactor's TCP transport and one wrapped protocol, in
+place of Twisted's `TLSMemoryBIOProtocol`: on the origin side (`OriginTLSFactory`, the
+client end of TLS) under an `UpstreamConnection`, on the client side (`ClientTLSFactory`,
+the server end of TLS, SPEC §8) under a `DownstreamProtocol`. It exists for two costs
+that one paid per request: a write only buffered, so a request head or a response waited
+for the next reactor round (epoll_ctl add, doWrite, epoll_ctl remove), and its Python.
 
 Invariants:
 - Eager writes, order kept. The ciphertext of each write (and of each handshake or read
@@ -24,16 +26,21 @@ Invariants:
   of the `SSL.Error` that ended TLS (a failed handshake, a fatal alert); an EOF without
   close_notify (FIN or RST, in or after the handshake) is `ConnectionLost`; a TLS close
   (close_notify either way) or our own close gives the TCP transport's reason
-  (`ConnectionDone`). A handshake failure's alert is sent to the origin before closing.
+  (`ConnectionDone`). A handshake failure's alert is sent to the peer before closing.
 - loseConnection sends close_notify and closes the TCP connection once its buffer is sent
-  (it does not wait for the origin's close_notify); before the handshake finished it
+  (it does not wait for the peer's close_notify); before the handshake finished it
   aborts. abortConnection resets without close_notify (an aborted transport would drop
   it anyway).
+- `getHandle()` is the SSL.Connection, as with TLSMemoryBIOProtocol: whoever writes
+  through this transport must never find the TCP socket there and write around TLS
+  (socketwriter.py writes straight to a handle that is a socket). TCP_NODELAY, which
+  both sides want, is set here on the TCP socket.
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -47,7 +54,7 @@ from twisted.internet.interfaces import (
     ISystemHandle,
     ITransport,
 )
-from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -61,14 +68,23 @@ _MAX_RECORD = 16384  # SSL_write takes one record per call (pyOpenSSL sets parti
 
 
 @implementer(ITransport, IConsumer, IPushProducer, ISystemHandle)
-class OriginTLSProtocol(Protocol):
-    """Client-side TLS over a TCP transport; the transport of one wrapped protocol."""
+class TLSTransport(Protocol):
+    """TLS over a TCP transport (the client end, or with `accept` the server end); the
+    transport of one wrapped protocol."""
 
     disconnecting = False
     transport: StreamTransport  # type: ignore[assignment]  # the TCP transport, from makeConnection
 
-    def __init__(self, new_connection: Callable[[], SSL.Connection], wrapped: IProtocol) -> None:
+    def __init__(
+        self,
+        new_connection: Callable[[], SSL.Connection],
+        wrapped: IProtocol,
+        *,
+        accept: bool = False,
+    ) -> None:
         self.wrappedProtocol: Any = wrapped
+        self._accept = accept
+        self.handshake_started = False  # the peer sent a byte of it (a port check sends none)
         self._new_connection = new_connection
         self._listener = IHandshakeListener.providedBy(wrapped)
         self._tls: SSL.Connection | None = None
@@ -84,8 +100,12 @@ class OriginTLSProtocol(Protocol):
 
     def connectionMade(self) -> None:
         tls = self._new_connection()
-        tls.set_connect_state()
+        if self._accept:
+            tls.set_accept_state()
+        else:
+            tls.set_connect_state()
         self._tls = tls
+        _set_nodelay(self.transport)
         self._writer = SocketWriter(self.transport)
         self.wrappedProtocol.makeConnection(self)
         if not self._tls_over:  # the wrapped protocol may have aborted already
@@ -97,8 +117,10 @@ class OriginTLSProtocol(Protocol):
         tls = self._tls
         assert tls is not None
         tls.bio_write(data)
-        if not self._handshake_done and not self._handshake():
-            return
+        if not self._handshake_done:
+            self.handshake_started = True
+            if not self._handshake():
+                return
         if self._pending:
             self._send_pending()  # a renegotiation step may have unblocked them
         self._read()
@@ -126,7 +148,7 @@ class OriginTLSProtocol(Protocol):
         try:
             tls.do_handshake()
         except SSL.WantReadError:
-            self._flush(_FLUSH_SIZE)  # ClientHello, or the next flight
+            self._flush(_FLUSH_SIZE)  # a ClientHello or ServerHello, or the next flight
             return False
         except SSL.Error:
             self._fail(Failure())
@@ -136,7 +158,8 @@ class OriginTLSProtocol(Protocol):
             self._send_pending(flush=False)
         if self._listener and not self._tls_over:
             self.wrappedProtocol.handshakeCompleted()
-        # The client Finished, unless a write from handshakeCompleted already took it along.
+        # Our last flight (a client's Finished, a server's session tickets), unless a write
+        # from handshakeCompleted already took it along.
         if not self._tls_over:
             self._flush(_FLUSH_SIZE)
         return not self._tls_over
@@ -192,7 +215,7 @@ class OriginTLSProtocol(Protocol):
             self.wrappedProtocol.dataReceived(b"".join(pieces))
 
     def _peer_closed(self) -> None:
-        """The origin sent close_notify: answer it and close."""
+        """The peer sent close_notify: answer it and close."""
         self._shutdown()
 
     # -- writing --------------------------------------------------------------
@@ -222,7 +245,7 @@ class OriginTLSProtocol(Protocol):
             while offset < len(data):
                 offset += tls.send(view[offset : offset + _MAX_RECORD])
         except SSL.WantReadError:
-            # Only mid-renegotiation: the rest waits for the origin's next read.
+            # Only mid-renegotiation: the rest waits for the peer's next read.
             self._pending.insert(0, data[offset:] if offset else data)
         except SSL.Error:
             self._fail(Failure())
@@ -265,7 +288,7 @@ class OriginTLSProtocol(Protocol):
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         if not streaming:
-            raise TypeError("origin connections take streaming (push) producers only")
+            raise TypeError("TLSTransport takes streaming (push) producers only")
         if self._writer.producer is not None:
             raise RuntimeError(f"cannot register {producer}: {self._writer.producer} is registered")
         if self._lost or self._tls_over:
@@ -315,7 +338,7 @@ class OriginTLSProtocol(Protocol):
         self._close_tcp()
 
     def _fail(self, failure: Failure) -> None:
-        """TLS failed: tell the origin why (the alert), close, and keep the reason."""
+        """TLS failed: tell the peer why (the alert), close, and keep the reason."""
         self._record(failure)
         self._tls_over = True
         self._flush(_FLUSH_SIZE)
@@ -335,7 +358,7 @@ class OriginTLSProtocol(Protocol):
     # -- the rest of the transport API ------------------------------------------
 
     def pauseProducing(self) -> None:
-        """Reading backpressure: stop reading the origin's socket."""
+        """Reading backpressure: stop reading the peer's socket."""
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
@@ -345,18 +368,21 @@ class OriginTLSProtocol(Protocol):
         self.loseConnection()
 
     def getHandle(self) -> Any:
-        """The TCP socket (for socket options); TLSMemoryBIOProtocol gave the SSL.Connection.
-
-        The connection's SSL.Connection is `ConnectionTLS.connection` (the creator's facts).
-        """
-        handle = getattr(self.transport, "getHandle", None)
-        return handle() if handle is not None else None
+        """The SSL.Connection (see the module's invariants), as TLSMemoryBIOProtocol gives."""
+        return self._tls
 
     def getPeer(self) -> Any:
         return self.transport.getPeer()
 
     def getHost(self) -> Any:
         return self.transport.getHost()
+
+
+def _set_nodelay(transport: Any) -> None:
+    handle = getattr(transport, "getHandle", None)
+    sock = handle() if handle is not None else None
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _represents_eof(exc: BaseException) -> bool:
@@ -375,7 +401,7 @@ def _represents_eof(exc: BaseException) -> bool:
 
 
 class OriginTLSFactory(ClientFactory):
-    """Wraps the protocol `wrappedFactory` builds in an OriginTLSProtocol whose SSL.Connection
+    """Wraps the protocol `wrappedFactory` builds in an TLSTransport whose SSL.Connection
     `new_connection` makes (the route's OriginTLSCreator, bound to the connection's facts)."""
 
     noisy = False
@@ -384,11 +410,11 @@ class OriginTLSFactory(ClientFactory):
         self.new_connection = new_connection
         self.wrappedFactory = wrappedFactory
 
-    def buildProtocol(self, addr: Any) -> OriginTLSProtocol | None:
+    def buildProtocol(self, addr: Any) -> TLSTransport | None:
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
             return None
-        proto = OriginTLSProtocol(self.new_connection, wrapped)
+        proto = TLSTransport(self.new_connection, wrapped)
         proto.factory = self
         return proto
 
@@ -400,3 +426,28 @@ class OriginTLSFactory(ClientFactory):
 
     def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
         self.wrappedFactory.clientConnectionLost(connector, reason)
+
+
+class ClientTLSFactory(Factory):
+    """The HTTPS listener's factory (SPEC §8): each accepted connection is the server end of
+    TLS, on an SSL.Connection `new_connection` makes (the running `ServerTLS`'s, read at
+    accept time, so a reload's certificates serve every handshake after it), around the
+    protocol `build_wrapped` makes."""
+
+    noisy = False
+
+    def __init__(
+        self,
+        new_connection: Callable[[], SSL.Connection],
+        build_wrapped: Callable[[Any], IProtocol | None],
+    ) -> None:
+        self.new_connection = new_connection
+        self.build_wrapped = build_wrapped
+
+    def buildProtocol(self, addr: Any) -> TLSTransport | None:
+        wrapped = self.build_wrapped(addr)
+        if wrapped is None:
+            return None
+        proto = TLSTransport(self.new_connection, wrapped, accept=True)
+        proto.factory = self
+        return proto

@@ -1,4 +1,4 @@
-"""Tests for edgenode.datapath.origintls: the TLS client transport under each origin connection.
+"""Tests for edgenode.datapath.tlstransport: the TLS client transport under each origin connection.
 
 Two layers. Against real in-process TLS origins (the reactor thread), through the
 OriginPool as the edge uses it: SNI and certificates, large uploads and downloads,
@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from edgenode.datapath.headers import Headers
-from edgenode.datapath.origintls import OriginTLSProtocol
+from edgenode.datapath.tlstransport import TLSTransport
 from edgenode.datapath.pool import OriginPool
 from edgenode.datapath.socketwriter import HIGH_WATER
 from edgenode.datapath.upstream import UpstreamConnection
@@ -203,7 +203,7 @@ def test_each_sni_gets_its_own_certificate_and_vhost(
         ex = run(pool, tls_route(profile, origin.port, name, name), get("/", name))
         assert ex.error is None and ex.status == 200
         conn = ex.conn
-        assert conn is not None and isinstance(conn.transport, OriginTLSProtocol)
+        assert conn is not None and isinstance(conn.transport, TLSTransport)
         record = json.loads(b"".join(ex.body))
         assert (record["sni"], record["vhost"], record["host"]) == (name, name, name)
         assert conn.tls is not None and conn.tls.peer is not None
@@ -463,7 +463,7 @@ class Link:
         self.tcp = SocketTransport(self.client_sock)
         self.wrapped = Wrapped()
         creator = OriginTLSCreator(profile, "a.test", "a.test", True)
-        self.proto = OriginTLSProtocol(
+        self.proto = TLSTransport(
             partial(creator.new_connection, creator.facts()), self.wrapped
         )
         server = SNIServerTLS({"a.test": pki.leaf("a.test")}, None).serverConnectionForTLS(None)
@@ -650,4 +650,11 @@ def test_reading_backpressure_goes_to_the_tcp_transport(link: Link) -> None:
     link.proto.pauseProducing()
     link.proto.resumeProducing()
     assert link.tcp.events[-2:] == ["pauseProducing", "resumeProducing"]
-    assert link.proto.getHandle() is link.client_sock
+
+
+def test_the_handle_is_the_tls_connection_never_the_socket(link: Link) -> None:
+    """A writer that finds a socket behind a transport sends to it directly
+    (socketwriter.py): behind TLS that would put plaintext on the wire."""
+    link.handshake()
+    assert isinstance(link.proto.getHandle(), SSL.Connection)
+    assert link.client_sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
