@@ -1,4 +1,10 @@
-"""The access log: one JSON object per request (SPEC §6), its writer and its reader."""
+"""The access log: one JSON object per request (SPEC §6), its writer and its reader.
+
+One more kind of line, with `request_id` null: a client TLS handshake that failed on the
+HTTPS listener (SPEC §8), so that `edgenode tail` and whoever reads the log see them
+where they see everything else (`handshake_failure_line`). nginx puts those in its error
+log; an edge operator asked "why do these clients fail?" wants them beside the requests.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +43,9 @@ FIELDS = (
     "attempts",
     "error",
     "generation",
+    "scheme",
+    "client_tls_version",
+    "client_sni",
     "error_detail",
     "connection_reused",
     "upstream_connect_ms",
@@ -75,6 +84,9 @@ class AccessRecord:
     upstream_handshake_ms: float | None = None
     tls_resumed: bool | None = None
     origin_cert: dict[str, Any] | None = None
+    scheme: str = "http"
+    client_tls_version: str | None = None
+    client_sni: str | None = None
 
     def to_json_line(self) -> bytes:
         connect_ms, handshake_ms = self.upstream_connect_ms, self.upstream_handshake_ms
@@ -98,6 +110,9 @@ class AccessRecord:
             "attempts": self.attempts,
             "error": self.error,
             "generation": self.generation,
+            "scheme": self.scheme,
+            "client_tls_version": self.client_tls_version,
+            "client_sni": self.client_sni,
             "error_detail": self.error_detail,
             "connection_reused": self.connection_reused,
             "upstream_connect_ms": None if connect_ms is None else round(connect_ms, 3),
@@ -106,6 +121,23 @@ class AccessRecord:
             "origin_cert": self.origin_cert,
         }
         return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def handshake_failure_line(
+    ts: float, client: str, sni: str | None, error: str, detail: str
+) -> bytes:
+    """The line of a failed client TLS handshake: no request, so no request fields."""
+    data: dict[str, Any] = dict.fromkeys(FIELDS)
+    data.update(
+        ts=rfc3339(ts),
+        client=client,
+        bytes_sent=0,
+        scheme="https",
+        client_sni=sni,
+        error=error,
+        error_detail=detail,
+    )
+    return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
 
 
 _ts_cache: list[object] = [-1, ""]
@@ -171,9 +203,13 @@ class AccessLog:
         self._flusher.start(self.FLUSH_SECONDS, now=False)
 
     def write(self, record: AccessRecord) -> None:
+        if self._file is not None:
+            self.write_line(record.to_json_line())
+
+    def write_line(self, line: bytes) -> None:
+        """One whole JSON line, newline included."""
         if self._file is None:
             return
-        line = record.to_json_line()
         self._pending.append(line)
         self._pending_bytes += len(line)
         if self._pending_bytes >= self.FLUSH_BYTES:

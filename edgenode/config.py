@@ -22,6 +22,10 @@ SPEC §3 is the authority. Where it is silent, the loader follows these rules:
   least one PEM certificate; `tls.min_version` also takes the YAML numbers 1.2 and 1.3.
 - `workers` is 1..1024 or "auto" (one per CPU core, resolved when loading); more than one
   needs a `tcp:`/`tcp6:` listen endpoint, which the supervisor binds and shares.
+- `listen_tls` (SPEC §8) must be a `tcp:`/`tcp6:` endpoint: the edge does TLS itself, so
+  Twisted's `ssl:` endpoints are refused. Certificates are read and checked here
+  (`edgenode.certificates`), once; listing them without `listen_tls` is allowed (a
+  `--listen-tls` may come), `listen_tls` without them is a problem.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from typing import Any, Final, Literal
 import attrs
 import yaml
 
+from edgenode.certificates import CertificateProblem, EdgeCertificate, read_certificate
 from edgenode.endpoints import ENDPOINT_EXAMPLE, EndpointError, parse_server_endpoint
 from edgenode.errors import ConfigError, Problem
 from edgenode.hostnames import is_ip_literal, normalize_hostname, strip_ip_brackets, validate_sni
@@ -70,10 +75,14 @@ class Limits:
 
 @attrs.frozen
 class TLSSettings:
-    """How origins are verified: the trust store and the lowest TLS version offered."""
+    """How origins are verified (the trust store and the lowest TLS version offered), and
+    the certificates the edge offers its own clients (SPEC §8)."""
 
     ca_file: Path | None = None  # None = the system trust store
     min_version: Literal["1.2", "1.3"] = "1.2"
+    certificates: tuple[EdgeCertificate, ...] = ()
+    client_min_version: Literal["1.2", "1.3"] = "1.2"
+    unknown_sni: Literal["default", "reject"] = "default"
 
 
 @attrs.frozen
@@ -110,6 +119,7 @@ class Domain:
     origin_sni: OriginSNI = OriginSNI()
     verify: bool = True
     timeouts: Timeouts = Timeouts()
+    https_redirect: bool = False  # plain-HTTP requests get 308 to https:// (SPEC §8)
 
     def sni_for(self, origin: Origin) -> str | None:
         """The SNI sent to `origin`: its own, else the domain's when enabled, else none."""
@@ -131,6 +141,7 @@ class Config:
     """A complete, validated edgenode config. Built only by `load_config`/`parse_config`."""
 
     listen: str = "tcp:8080"
+    listen_tls: str | None = None  # the HTTPS listener (SPEC §8); None = no HTTPS
     admin: AdminSettings = AdminSettings()
     access_log: Path | Literal["-"] | None = None  # None = no access log
     tls: TLSSettings = TLSSettings()
@@ -155,6 +166,7 @@ _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 
 _TOP_LEVEL_KEYS: Final = (
     "listen",
+    "listen_tls",
     "workers",
     "admin",
     "access_log",
@@ -164,7 +176,9 @@ _TOP_LEVEL_KEYS: Final = (
     "domains",
 )
 _ADMIN_KEYS: Final = ("listen", "token_file")
-_TLS_KEYS: Final = ("ca_file", "min_version")
+_TLS_KEYS: Final = ("ca_file", "min_version", "certificates", "client_min_version", "unknown_sni")
+_CERTIFICATE_KEYS: Final = ("cert_file", "key_file")
+_UNKNOWN_SNI: Final = ("default", "reject")
 _TIMEOUT_KEYS: Final = tuple(field.name for field in attrs.fields(Timeouts))
 _DOMAIN_KEYS: Final = (
     "origin_protocol",
@@ -172,6 +186,7 @@ _DOMAIN_KEYS: Final = (
     "origin_sni",
     "verify",
     "timeouts",
+    "https_redirect",
     "origins",
 )
 _ORIGIN_SNI_KEYS: Final = ("enabled", "value")
@@ -497,8 +512,9 @@ def _read_config(top: _Section, source: Path | None) -> Config:
     workers = _read_workers(top)
     if workers > 1 and not _shareable(listen):
         top.report("workers", workers_listen_problem(workers, listen))
-    return Config(
+    config = Config(
         listen=listen,
+        listen_tls=_read_listen_tls(top),
         workers=workers,
         admin=_read_admin(top),
         access_log=_read_access_log(top),
@@ -508,6 +524,51 @@ def _read_config(top: _Section, source: Path | None) -> Config:
         domains=_read_domains(top, timeouts),
         source=source,
     )
+    top.problems.extend(https_problems(config))
+    return config
+
+
+def _read_listen_tls(top: _Section) -> str | None:
+    value = top.get("listen_tls")
+    if value is _ABSENT or value is None:
+        return None
+    listen_tls = top.endpoint("listen_tls", "")
+    if listen_tls and not _shareable(listen_tls):
+        top.report("listen_tls", listen_tls_problem(listen_tls))
+    return listen_tls or None
+
+
+def listen_tls_problem(listen_tls: str) -> str:
+    return (
+        f"must be a 'tcp:' or 'tcp6:' endpoint (the edge does TLS itself, with the "
+        f"certificates of tls.certificates), got {listen_tls!r}; e.g. 'tcp:8443'"
+    )
+
+
+def https_problems(config: Config) -> list[Problem]:
+    """What SPEC §8 asks of the config as a whole: certificates for an HTTPS listener, and
+    one covering each domain that redirects to HTTPS."""
+    problems = []
+    certificates = config.tls.certificates
+    if config.listen_tls is not None and not certificates:
+        problems.append(
+            Problem(
+                "listen_tls",
+                f"{config.listen_tls!r} needs at least one certificate in tls.certificates "
+                "(cert_file and key_file); add one, or remove listen_tls",
+            )
+        )
+    for name, domain in config.domains.items():
+        if domain.https_redirect and not any(c.covers(name) for c in certificates):
+            problems.append(
+                Problem(
+                    f"domains.{name}.https_redirect",
+                    f"true, but no certificate in tls.certificates covers {name!r}, so the "
+                    "redirect would lead to a certificate error; add a certificate with "
+                    f"{name!r} (or a wildcard covering it) as a DNS name, or set it to false",
+                )
+            )
+    return problems
 
 
 def apply_overrides(config: Config, overrides: Mapping[str, str]) -> Config:
@@ -516,6 +577,13 @@ def apply_overrides(config: Config, overrides: Mapping[str, str]) -> Config:
     source = str(config.source) if config.source is not None else None
     if "listen" in overrides:
         config = attrs.evolve(config, listen=overrides["listen"])
+    if "listen_tls" in overrides:
+        config = attrs.evolve(config, listen_tls=overrides["listen_tls"])
+        problems = https_problems(config)
+        if not _shareable(overrides["listen_tls"]):
+            problems.insert(0, Problem("--listen-tls", listen_tls_problem(overrides["listen_tls"])))
+        if problems:
+            raise ConfigError(problems, source=source)
     if "admin.listen" in overrides:
         config = attrs.evolve(
             config, admin=attrs.evolve(config.admin, listen=overrides["admin.listen"])
@@ -598,7 +666,62 @@ def _read_tls(top: _Section) -> TLSSettings:
     if tls is None:
         return TLSSettings()
     tls.check_keys(_TLS_KEYS)
-    return TLSSettings(ca_file=_read_ca_file(tls), min_version=_read_min_version(tls))
+    unknown_sni = tls.choice("unknown_sni", _DEFAULT_TLS.unknown_sni, _UNKNOWN_SNI)
+    return TLSSettings(
+        ca_file=_read_ca_file(tls),
+        min_version=_read_tls_version(tls, "min_version"),
+        certificates=_read_certificates(tls),
+        client_min_version=_read_tls_version(tls, "client_min_version"),
+        unknown_sni="reject" if unknown_sni == "reject" else "default",
+    )
+
+
+def _read_certificates(tls: _Section) -> tuple[EdgeCertificate, ...]:
+    """The edge's certificates, each read and checked (edgenode.certificates)."""
+    value = tls.get("certificates")
+    if value is _ABSENT or value is None:
+        return ()
+    example = "[{cert_file: certs/shop.pem, key_file: certs/shop.key}]"
+    if not isinstance(value, list):
+        tls.report(
+            "certificates", f"must be a list of certificates, e.g. {example}, got {_show(value)}"
+        )
+        return ()
+    certificates: list[EdgeCertificate] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(value):
+        path = f"{tls.at('certificates')}[{i}]"
+        if not isinstance(item, Mapping):
+            tls.problems.append(
+                Problem(path, f"must be a mapping with cert_file and key_file, got {_show(item)}")
+            )
+            continue
+        entry = _Section(item, path, tls.problems, tls.base_dir)
+        entry.check_keys(_CERTIFICATE_KEYS)
+        missing = [key for key in _CERTIFICATE_KEYS if entry.get(key) in (_ABSENT, None)]
+        for key in missing:
+            entry.report(
+                key, "is required: the path of a PEM file (relative to the config's directory)"
+            )
+        if missing:
+            continue
+        cert_file = entry.file_path("cert_file", Path())
+        key_file = entry.file_path("key_file", Path())
+        try:
+            cert = read_certificate(cert_file, key_file)
+        except CertificateProblem as problem:
+            entry.report(problem.key, problem.message)
+            continue
+        if cert.fingerprint in seen:
+            entry.report(
+                "cert_file",
+                f"{cert_file} is the same certificate as certificates[{seen[cert.fingerprint]}]; "
+                "list each certificate once",
+            )
+            continue
+        seen[cert.fingerprint] = i
+        certificates.append(cert)
+    return tuple(certificates)
 
 
 def _read_ca_file(tls: _Section) -> Path | None:
@@ -635,19 +758,19 @@ def _ca_file_problem(path: Path) -> str | None:
     return None
 
 
-def _read_min_version(tls: _Section) -> Literal["1.2", "1.3"]:
+def _read_tls_version(tls: _Section, key: str) -> Literal["1.2", "1.3"]:
     """ "1.2" or "1.3"; the YAML numbers 1.2 and 1.3 are accepted and read as those strings."""
-    value = tls.get("min_version")
+    value = tls.get(key)
     if value is _ABSENT:
-        return _DEFAULT_TLS.min_version
+        return "1.2"
     if isinstance(value, float) and value in (1.2, 1.3):
         value = str(value)
     if value == "1.2" and isinstance(value, str):
         return "1.2"
     if value == "1.3" and isinstance(value, str):
         return "1.3"
-    tls.report("min_version", f"must be {_alternatives(_TLS_VERSIONS)}, got {_show(value)}")
-    return _DEFAULT_TLS.min_version
+    tls.report(key, f"must be {_alternatives(_TLS_VERSIONS)}, got {_show(value)}")
+    return "1.2"
 
 
 def _read_timeouts(section: _Section | None, base: Timeouts) -> Timeouts:
@@ -760,6 +883,7 @@ def _read_domain(
     origin_host = _read_host(domain, "origin_host", default=name)
     origin_sni = _read_origin_sni(domain, protocol)
     verify = domain.boolean("verify", True)
+    https_redirect = domain.boolean("https_redirect", False)
     domain_timeouts = _read_timeouts(
         domain.section("timeouts", "timeout names to seconds"), timeouts
     )
@@ -774,6 +898,7 @@ def _read_domain(
         origin_sni=origin_sni,
         verify=verify,
         timeouts=domain_timeouts,
+        https_redirect=https_redirect,
     )
 
 

@@ -43,6 +43,7 @@ class ErrorCode(enum.Enum):
     REQUEST_TOO_LARGE = "request_too_large"
     REQUEST_HEADER_TOO_LARGE = "request_header_too_large"
     UNKNOWN_DOMAIN = "unknown_domain"
+    MISDIRECTED_REQUEST = "misdirected_request"  # TLS: host not covered by its certificate
     NOT_IMPLEMENTED = "not_implemented"
     ORIGIN_BUSY = "origin_busy"
     ORIGIN_CONNECT_FAILED = "origin_connect_failed"
@@ -64,7 +65,7 @@ class ErrorCode(enum.Enum):
                 return 413
             case ErrorCode.REQUEST_HEADER_TOO_LARGE:
                 return 431
-            case ErrorCode.UNKNOWN_DOMAIN:
+            case ErrorCode.UNKNOWN_DOMAIN | ErrorCode.MISDIRECTED_REQUEST:
                 return 421
             case ErrorCode.NOT_IMPLEMENTED:
                 return 501

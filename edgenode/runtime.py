@@ -6,9 +6,14 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 import attrs
+from OpenSSL import SSL
 
+from edgenode.certificates import EdgeCertificate
 from edgenode.config import Config, Domain, Origin
+from edgenode.endpoints import parse_server_endpoint
+from edgenode.errors import ConfigError, Problem
 from edgenode.routes import Balancer, OriginRoute
+from edgenode.servertls import ServerTLS
 from edgenode.tls import OriginTLSCreator, TrustProfile
 
 
@@ -32,6 +37,9 @@ class Runtime:
     generation: int
     domains: Mapping[str, DomainRuntime]
     profile: TrustProfile = attrs.field(eq=False)
+    # The contexts serving HTTPS clients (SPEC §8); None without certificates.
+    server_tls: ServerTLS | None = attrs.field(eq=False, default=None)
+    https_port: int = 443  # the port https_redirect's Location names (listen_tls's)
 
     def pool_keys(self) -> set[tuple[object, ...]]:
         return {route.pool_key for d in self.domains.values() for route in d.routes}
@@ -45,7 +53,40 @@ def build_runtime(config: Config, generation: int, previous: Runtime | None = No
     """
     profile = _profile_for(config, previous)
     domains = {name: _domain_runtime(domain, profile) for name, domain in config.domains.items()}
-    return Runtime(config, generation, MappingProxyType(domains), profile)
+    return Runtime(
+        config,
+        generation,
+        MappingProxyType(domains),
+        profile,
+        server_tls=_server_tls_for(config, previous),
+        https_port=_https_port(config),
+    )
+
+
+def _server_tls_for(config: Config, previous: Runtime | None) -> ServerTLS | None:
+    """The client-facing contexts; kept from `previous` when the certificates and settings
+    did not change, so that session tickets issued before the reload still resume."""
+    tls = config.tls
+    if not tls.certificates:
+        return None
+    wanted = ServerTLS.key_for(tls.certificates, tls.client_min_version, tls.unknown_sni)
+    kept = previous.server_tls if previous is not None else None
+    if kept is not None and kept.key == wanted:
+        return kept
+    try:
+        return ServerTLS(
+            tls.certificates, min_version=tls.client_min_version, unknown_sni=tls.unknown_sni
+        )
+    except SSL.Error as e:  # OpenSSL refused what the checks passed (a key too weak, ...)
+        problem = Problem("tls.certificates", f"OpenSSL cannot serve them: {e}")
+        raise ConfigError([problem], source=str(config.source or "")) from None
+
+
+def _https_port(config: Config) -> int:
+    if config.listen_tls is None:
+        return 443
+    port = parse_server_endpoint(config.listen_tls).port
+    return port or 443
 
 
 def _profile_for(config: Config, previous: Runtime | None) -> TrustProfile:
@@ -101,6 +142,7 @@ def effective_domain(domain: Domain) -> dict[str, object]:
         "origin_host": domain.origin_host,
         "origin_sni": {"enabled": domain.origin_sni.enabled, "value": domain.origin_sni.value},
         "verify": domain.verify,
+        "https_redirect": domain.https_redirect,
         "timeouts": attrs.asdict(domain.timeouts),
         "origins": [
             {
@@ -131,7 +173,7 @@ def effective_config(runtime: Runtime) -> dict[str, object]:
 
 
 # Settings a running process cannot change: the sockets it listens on, its processes.
-RESTART_ONLY = ("listen", "admin.listen", "workers")
+RESTART_ONLY = ("listen", "listen_tls", "admin.listen", "workers")
 
 
 def config_diff(old: Config, new: Config) -> dict[str, object]:
@@ -147,24 +189,64 @@ def config_diff(old: Config, new: Config) -> dict[str, object]:
     old_rest, new_rest = _flatten(_settings(old)), _flatten(_settings(new))
     settings = _changes(old_rest, new_rest)
     restart = [line for line in settings if line.split(":", 1)[0] in RESTART_ONLY]
-    return {
+    diff: dict[str, object] = {
         "added": sorted(new.domains.keys() - old.domains.keys()),
         "removed": sorted(old.domains.keys() - new.domains.keys()),
         "changed": changed,
         "settings": [line for line in settings if line not in restart],
         "restart_required": restart,
     }
+    certificates = certificates_diff(old.tls.certificates, new.tls.certificates)
+    if any(certificates.values()):  # present only when some certificate changed
+        diff["certificates"] = certificates
+    return diff
+
+
+def certificates_diff(
+    old: tuple[EdgeCertificate, ...], new: tuple[EdgeCertificate, ...]
+) -> dict[str, list[dict[str, object]]]:
+    """Certificates added, removed and changed, by SHA-256 fingerprint (SPEC §8). A
+    certificate is the same one while its cert_file is: a new fingerprint there is a
+    change (a renewal), a new file an addition."""
+    before = {c.cert_file: c for c in old}
+    after = {c.cert_file: c for c in new}
+    changed: list[dict[str, object]] = []
+    for path in before.keys() & after.keys():
+        was, now = before[path], after[path]
+        if was.fingerprint != now.fingerprint or was.key_file != now.key_file:
+            changed.append(
+                {
+                    "cert_file": str(path),
+                    "names": list(now.names),
+                    "old_fingerprint_sha256": was.fingerprint,
+                    "new_fingerprint_sha256": now.fingerprint,
+                }
+            )
+    return {
+        "added": [after[p].describe() for p in after.keys() - before.keys()],
+        "removed": [before[p].describe() for p in before.keys() - after.keys()],
+        "changed": sorted(changed, key=lambda c: str(c["cert_file"])),
+    }
+
+
+def certificates_view(runtime: Runtime) -> list[dict[str, object]]:
+    """`GET /certificates`: each certificate the edge offers, in selection order."""
+    return [cert.describe() for cert in runtime.config.tls.certificates]
 
 
 def _settings(config: Config) -> dict[str, object]:
     return {
         "listen": config.listen,
+        "listen_tls": config.listen_tls,
         "workers": config.workers,
         "admin": {"listen": config.admin.listen, "token_file": str(config.admin.token_file)},
         "access_log": None if config.access_log is None else str(config.access_log),
         "tls": {
             "ca_file": str(config.tls.ca_file) if config.tls.ca_file else None,
             "min_version": config.tls.min_version,
+            "client_min_version": config.tls.client_min_version,
+            "unknown_sni": config.tls.unknown_sni,
+            "certificates": [c.fingerprint for c in config.tls.certificates],
         },
         "timeouts": attrs.asdict(config.timeouts),
         "limits": attrs.asdict(config.limits),

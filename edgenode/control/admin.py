@@ -23,7 +23,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from edgenode.hostnames import normalize_request_host
-from edgenode.runtime import RuntimeHolder, effective_config, effective_domain
+from edgenode.runtime import RuntimeHolder, certificates_view, effective_config, effective_domain
 
 log = Logger()
 
@@ -135,6 +135,20 @@ class AdminResource(Resource):
             if method not in (b"GET", b"HEAD"):
                 return _method_not_allowed(request, b"GET")
             return _json(request, 200, effective_config(self.holder.current))
+        if path == b"/certificates":
+            if method not in (b"GET", b"HEAD"):
+                return _method_not_allowed(request, b"GET")
+            runtime = self.holder.current
+            return _json(
+                request,
+                200,
+                {
+                    "listen_tls": runtime.config.listen_tls,
+                    "unknown_sni": runtime.config.tls.unknown_sni,
+                    "client_min_version": runtime.config.tls.client_min_version,
+                    "certificates": certificates_view(runtime),
+                },
+            )
         if path == b"/metrics" and self._metrics is not None:
             if method not in (b"GET", b"HEAD"):
                 return _method_not_allowed(request, b"GET")

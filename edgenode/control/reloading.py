@@ -136,6 +136,7 @@ class Reloader:
         self.target.stage(candidate)
         self.holder.swap(new)
         self.monitor.reloaded(True, new.generation)
+        self.monitor.serving_certificates(new.config.tls.certificates)
         done = self.target.applied(new, old)
         log.info(
             "reload ({trigger}): generation {gen}: {diff}; {done}",

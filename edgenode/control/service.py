@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -46,7 +47,12 @@ from edgenode.control.serving import DataPath
 from edgenode.control.signals import Signals
 from edgenode.control.statefile import WorkerState, read_state
 from edgenode.control.supervisor import Workers, bind_listeners
-from edgenode.control.worker import ControlChannel, adopt_listener, open_control_channel
+from edgenode.control.worker import (
+    LISTEN_TLS_FD,
+    ControlChannel,
+    adopt_listener,
+    open_control_channel,
+)
 from edgenode.datapath.monitor import Monitor
 from edgenode.endpoints import parse_server_endpoint
 from edgenode.errors import ConfigError
@@ -60,7 +66,8 @@ SHUTDOWN_GRACE = 10.0  # seconds in-flight requests get to finish on SIGTERM
 
 class Options(usage.Options):
     synopsis = (
-        "(--config FILE | --demo) [--listen ENDPOINT] [--admin-listen ENDPOINT] [--workers N]"
+        "(--config FILE | --demo) [--listen ENDPOINT] [--listen-tls ENDPOINT] "
+        "[--admin-listen ENDPOINT] [--workers N]"
     )
     longdesc = (
         "A CDN edge node: HTTP/1.1 clients in, HTTPS back-to-origin with the origin SNI "
@@ -72,6 +79,13 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "The YAML config file (see etc/edgenode.yaml)."],
         ["listen", None, None, "Client-facing endpoint, overriding the config's `listen`."],
+        [
+            "listen-tls",
+            None,
+            None,
+            "HTTPS endpoint (tcp:PORT), overriding the config's `listen_tls`; needs "
+            "tls.certificates.",
+        ],
         ["admin-listen", None, None, "Admin endpoint, overriding the config's `admin.listen`."],
         [
             "workers",
@@ -106,6 +120,8 @@ def makeService(options: Options) -> service.IService:
     overrides: dict[str, str] = {}
     if options["listen"]:
         overrides["listen"] = options["listen"]
+    if options["listen-tls"]:
+        overrides["listen_tls"] = options["listen-tls"]
     if options["admin-listen"]:
         overrides["admin.listen"] = options["admin-listen"]
     if options["workers"]:
@@ -208,6 +224,23 @@ def listen(
         failures[0].raiseException()
 
 
+def https_note(config: Config) -> str:
+    """For the start line: the HTTPS listener and its certificates, if any."""
+    if config.listen_tls is None:
+        return ""
+    names = ", ".join(cert.label for cert in config.tls.certificates)
+    return f" and HTTPS on {config.listen_tls} ({names})"
+
+
+def _bind_or_exit(description: str, workers: int) -> list[socket.socket]:
+    """The supervisor's sockets for one tcp: listener, one per worker; exit 1 if taken."""
+    try:
+        return bind_listeners(parse_server_endpoint(description), workers)
+    except OSError as e:
+        print(f"edgenode: not starting: cannot listen on {description}: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 async def stop_listening(ports: list[IListeningPort]) -> None:
     for port in ports:
         await defer.maybeDeferred(port.stopListening)
@@ -259,6 +292,8 @@ class EdgeService(service.Service):
             config, self.data.holder, self.reloader.reload, metrics=self.data.monitor.render
         )
         listen(self.reactor, config.listen, self.data.factory, self.ports)
+        if config.listen_tls is not None:
+            listen(self.reactor, config.listen_tls, self.data.tls_factory, self.ports)
         listen(self.reactor, config.admin.listen, admin, self.ports)
         super().privilegedStartService()
 
@@ -267,9 +302,10 @@ class EdgeService(service.Service):
         self.signals = start_serving(self.reactor, self.data, self.reloader)
         runtime = self.data.holder.current
         log.info(
-            "edgenode started: listening on {listen}, admin on {admin}, {n} domains ({names}), "
-            "generation {gen}, access log {access_log}",
+            "edgenode started: listening on {listen}{https}, admin on {admin}, {n} domains "
+            "({names}), generation {gen}, access log {access_log}",
             listen=self.config.listen,
+            https=https_note(self.config),
             admin=self.config.admin.listen,
             n=len(runtime.domains),
             names=", ".join(sorted(runtime.domains)),
@@ -316,6 +352,11 @@ class WorkerService(service.Service):
             self.data.holder, self.data.monitor, StateFile(self.state_path), self.data
         )
         self.ports.append(adopt_listener(self.reactor, self.state.family, self.data.factory))
+        if self.state.tls_family is not None:
+            tls_port = adopt_listener(
+                self.reactor, self.state.tls_family, self.data.tls_factory, LISTEN_TLS_FD
+            )
+            self.ports.append(tls_port)
         super().privilegedStartService()
 
     def startService(self) -> None:
@@ -412,11 +453,11 @@ class SupervisorService(service.Service):
         self.holder = RuntimeHolder(build_runtime(config, generation=1))
         self.monitor = Monitor(self.reactor, process="supervisor")
         self.monitor.started(1)
-        try:
-            listeners = bind_listeners(client, config.workers)
-        except OSError as e:
-            print(f"edgenode: not starting: cannot listen on {config.listen}: {e}", file=sys.stderr)
-            raise SystemExit(1) from None
+        self.monitor.serving_certificates(config.tls.certificates)
+        listeners = _bind_or_exit(config.listen, config.workers)
+        tls_listeners = (
+            _bind_or_exit(config.listen_tls, config.workers) if config.listen_tls else []
+        )
         self.workers = Workers(
             self.reactor,
             config,
@@ -425,6 +466,10 @@ class SupervisorService(service.Service):
             client.family,
             text=self.text,
             reactor_name=self.reactor_name,
+            tls_listeners=tls_listeners,
+            tls_family=parse_server_endpoint(config.listen_tls).family
+            if config.listen_tls
+            else None,
         )
         self.reloader = Reloader(
             self.holder, self.monitor, ConfigFile(config.source, self.overrides), self.workers
@@ -451,10 +496,11 @@ class SupervisorService(service.Service):
         )
         self.reactor.callWhenRunning(self.signals.install)
         log.info(
-            "edgenode supervisor started: {n} workers on {listen}, admin on {admin}, "
+            "edgenode supervisor started: {n} workers on {listen}{https}, admin on {admin}, "
             "generation 1, run directory {rundir}",
             n=self.config.workers,
             listen=self.config.listen,
+            https=https_note(self.config),
             admin=self.config.admin.listen,
             rundir=str(self.workers.rundir.path),
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 
+from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -20,8 +21,10 @@ from edgenode.datapath.downstream import DownstreamFactory
 from edgenode.datapath.monitor import Monitor, Process
 from edgenode.datapath.pool import OriginPool
 from edgenode.datapath.proxy import Proxy
+from edgenode.datapath.tlstransport import ClientTLSFactory
 from edgenode.reactors import IEdgeReactor
 from edgenode.runtime import Runtime, RuntimeHolder, build_runtime
+from edgenode.servertls import ServerTLS
 
 log = Logger()
 
@@ -53,8 +56,21 @@ class DataPath:
         self.access_log = AccessLog(config.access_log) if access_log is None else access_log
         self.monitor = Monitor(reactor, self.pool, process=process)
         self.monitor.started(generation)
+        self.monitor.serving_certificates(config.tls.certificates)
         self.proxy = Proxy(self.holder, self.pool, self.access_log, reactor, self.monitor)
         self.factory = DownstreamFactory(self.proxy, config.limits, reactor)
+        # The HTTPS listener's (SPEC §8): the same client protocol, under TLS.
+        self.tls_factory = ClientTLSFactory(self._new_client_tls, self.factory.build_tls_protocol)
+        self._server_tls: ServerTLS | None = self.holder.current.server_tls
+
+    def _new_client_tls(self) -> SSL.Connection:
+        """A connection on the running certificates, read per accept: a reload's apply to
+        the next handshake. A reload that drops every certificate keeps the last ones for a
+        listener that is still open (it goes away at the restart the reload asks for)."""
+        server_tls = self.holder.current.server_tls or self._server_tls
+        assert server_tls is not None  # the config refuses listen_tls without certificates
+        self._server_tls = server_tls
+        return server_tls.new_connection()
 
     def start(self) -> None:
         self.pool.start()

@@ -35,6 +35,7 @@ class WorkerState:
     source: str  # the config file it came from: relative paths are relative to it
     overrides: Mapping[str, str]
     family: socket.AddressFamily  # of the listening socket on LISTEN_FD
+    tls_family: socket.AddressFamily | None = None  # of LISTEN_TLS_FD's; None = no HTTPS
 
     def config(self) -> Config:
         """The config, parsed as the supervisor parsed it; raises `ConfigError`."""
@@ -59,6 +60,7 @@ class RunDir:
             "source": state.source,
             "overrides": dict(state.overrides),
             "family": int(state.family),
+            "tls_family": None if state.tls_family is None else int(state.tls_family),
         }
         tmp = self.state.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
@@ -77,4 +79,7 @@ def read_state(path: str | Path) -> WorkerState:
         source=data["source"],
         overrides=data["overrides"],
         family=socket.AddressFamily(data["family"]),
+        tls_family=None
+        if data.get("tls_family") is None
+        else socket.AddressFamily(data["tls_family"]),
     )

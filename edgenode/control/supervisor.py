@@ -139,12 +139,16 @@ class Workers:
         *,
         text: str,
         reactor_name: str | None,
+        tls_listeners: list[socket.socket] | None = None,
+        tls_family: socket.AddressFamily | None = None,
     ) -> None:
         self.reactor = reactor
         self.config = config
         self.overrides = overrides
         self.listeners = listeners
         self.family = family
+        self.tls_listeners = tls_listeners or []  # the HTTPS listener's (SPEC §8), if any
+        self.tls_family = tls_family
         self.text = text
         self.reactor_name = reactor_name
 
@@ -161,6 +165,7 @@ class Workers:
             env,
             self.rundir.metrics,
             listen_fds=[sock.fileno() for sock in self.listeners],
+            tls_fds=[sock.fileno() for sock in self.tls_listeners],
         )
         self.pool.start()
 
@@ -172,6 +177,7 @@ class Workers:
                 source=str(self.config.source),
                 overrides=self.overrides,
                 family=self.family,
+                tls_family=self.tls_family,
             )
         )
 
@@ -216,7 +222,7 @@ class Workers:
         waiting for a worker that will never come. Fires once every worker is reaped (after
         SIGKILL for any still running after `grace`) and the run directory is gone."""
         reaped = self.pool.stop(grace)
-        for sock in set(self.listeners):
+        for sock in {*self.listeners, *self.tls_listeners}:
             sock.close()
         return defer.Deferred.fromCoroutine(self._remove_after(reaped))
 

@@ -40,6 +40,7 @@ CONTROL_IN_FD = 0  # worker's stdin: the supervisor's commands
 CONTROL_OUT_FD = 3  # the worker's answers and events
 LOG_FD = 2  # the worker's twistd log
 LISTEN_FD = 4  # the worker's listening socket
+LISTEN_TLS_FD = 5  # the worker's HTTPS listening socket, when there is one (SPEC §8)
 MAX_LINE = 65536  # a longer line from a worker is cut there
 
 # twistd has no `python -m` entry point; this runs what the console script runs.
@@ -59,15 +60,15 @@ def worker_argv(state: Path, reactor_name: str | None) -> list[str]:
 
 
 def adopt_listener(
-    reactor: IEdgeReactor, family: socket.AddressFamily, factory: Any
+    reactor: IEdgeReactor, family: socket.AddressFamily, factory: Any, fd: int = LISTEN_FD
 ) -> IListeningPort:
-    """The worker's client listener: the socket the supervisor passed as LISTEN_FD."""
-    os.set_blocking(LISTEN_FD, False)  # it is already; a blocking one would hang the worker
+    """A worker's client listener: the socket the supervisor passed as `fd`."""
+    os.set_blocking(fd, False)  # it is already; a blocking one would hang the worker
     try:
-        port: IListeningPort = reactor.adoptStreamPort(LISTEN_FD, family, factory)
+        port: IListeningPort = reactor.adoptStreamPort(fd, family, factory)
         return port
     finally:
-        os.close(LISTEN_FD)  # the port holds its own duplicate
+        os.close(fd)  # the port holds its own duplicate
 
 
 # --- The worker's end of the control channel -------------------------------------------------

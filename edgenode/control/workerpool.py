@@ -26,7 +26,14 @@ from twisted.internet import defer, error, protocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from edgenode.control.worker import CONTROL_IN_FD, CONTROL_OUT_FD, LISTEN_FD, LOG_FD, MAX_LINE
+from edgenode.control.worker import (
+    CONTROL_IN_FD,
+    CONTROL_OUT_FD,
+    LISTEN_FD,
+    LISTEN_TLS_FD,
+    LOG_FD,
+    MAX_LINE,
+)
 from edgenode.reactors import IEdgeReactor
 
 log = Logger()
@@ -187,8 +194,10 @@ class WorkerPool:
         env: Mapping[str, str],
         metrics_dir: Path,
         listen_fds: list[int],
+        tls_fds: list[int] | None = None,
     ) -> None:
         self.reactor = reactor
+        self.tls_fds = tls_fds or []  # the HTTPS listener's, likewise (none: no HTTPS)
         self.argv = argv
         self.env = dict(env)
         self.metrics_dir = metrics_dir
@@ -212,6 +221,8 @@ class WorkerPool:
         worker = WorkerProcess(index + 1, self.reactor, self._ended)
         fds: dict[int, int | str] = {CONTROL_IN_FD: "w", 1: 1, LOG_FD: "r", CONTROL_OUT_FD: "r"}
         fds[LISTEN_FD] = self.listen_fds[index]
+        if self.tls_fds:
+            fds[LISTEN_TLS_FD] = self.tls_fds[index]
         try:
             self.reactor.spawnProcess(worker, self.argv[0], self.argv, env=self.env, childFDs=fds)
         except OSError as exc:

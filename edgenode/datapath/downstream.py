@@ -5,6 +5,14 @@ with reading paused), the SPEC §3 client limits and timeouts, the framing of
 responses (Content-Length, chunked, or close-delimited for HTTP/1.0), and the
 error responses the edge generates itself. What to do with a request is the
 handler's business (proxy.py).
+
+On the HTTPS listener (SPEC §8) the same protocol runs over a `TLSTransport` in accept
+mode (tlstransport.py). Until the handshake completes, the connection has
+`client_header_timeout` to finish it (a client that stalls or sends garbage is closed);
+then `client_tls` holds what the handshake settled, and every request of the connection
+carries it. A connection that ends before its handshake completed is reported to the
+handler once (`client_handshake_failed`), unless the client never sent a byte (a port
+check is not a handshake).
 """
 
 from __future__ import annotations
@@ -15,11 +23,13 @@ from typing import Any, Protocol
 
 import attrs
 import httptools
+from OpenSSL import SSL
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from edgenode.config import Limits
 from edgenode.datapath.headers import Headers, RequestScan, message_head, scan_request
@@ -27,12 +37,16 @@ from edgenode.datapath.socketwriter import SocketWriter
 from edgenode.datapath.transport import StreamTransport
 from edgenode.errors import ErrorCode
 from edgenode.hostnames import normalize_request_host
+from edgenode.servertls import ClientTLSFacts, client_facts, handshake_refusal
 
 FLUSH_BEFORE_CLOSE = 10.0  # seconds a client gets to take a cut-short response
+# 4xx answers to well-formed requests: the connection may carry the next one.
+_REQUEST_WAS_FINE = frozenset({ErrorCode.UNKNOWN_DOMAIN, ErrorCode.MISDIRECTED_REQUEST})
 
 REASONS = {
     100: b"Continue",
     200: b"OK",
+    308: b"Permanent Redirect",
     400: b"Bad Request",
     408: b"Request Timeout",
     413: b"Content Too Large",
@@ -101,6 +115,22 @@ class RequestHandler(Protocol):
     def refuse(self, head: RequestHead, stream: ClientStream, code: ErrorCode, detail: str) -> None:
         """Answer (and log) a request the edge rejects before it could be routed."""
 
+    def client_handshake_done(self, facts: ClientTLSFacts) -> None:
+        """A client's TLS handshake completed (HTTPS listener)."""
+
+    def client_handshake_failed(self, failure: HandshakeFailure) -> None:
+        """A client's TLS handshake did not complete (HTTPS listener)."""
+
+
+@attrs.frozen
+class HandshakeFailure:
+    """A client TLS handshake that did not complete, as the access log and metrics tell it."""
+
+    client: str
+    sni: str | None
+    refused: bool  # the SNI was refused (`unknown_sni: reject`), not a protocol failure
+    detail: str
+
 
 class _StopReading(Exception):
     """Bytes after a `Connection: close` request: not ours to parse."""
@@ -132,6 +162,7 @@ class ClientStream:
         "chunked",
         "client_ip",
         "client_ip_bytes",
+        "client_tls",
         "closing",
         "finished",
         "framed",
@@ -143,6 +174,7 @@ class ClientStream:
         self._req = req
         self.client_ip = conn.client_ip
         self.client_ip_bytes = conn.client_ip_bytes
+        self.client_tls = conn.client_tls
         self.started = False
         self.finished = False
         self.chunked = False
@@ -226,7 +258,7 @@ class ClientStream:
     def send_error(self, code: ErrorCode, request_id: str, detail: str = "") -> int:
         """A short text response naming the error code and request id; returns bytes sent."""
         body = f"{code.status} {code.value}\nrequest id: {request_id}\n".encode()
-        if code.status >= 400 and code is not ErrorCode.UNKNOWN_DOMAIN and code.status < 500:
+        if 400 <= code.status < 500 and code not in _REQUEST_WAS_FINE:
             self.closing = True  # the request itself was bad: do not trust the rest of the stream
         lines = [
             b"Content-Type: text/plain; charset=utf-8",
@@ -236,6 +268,20 @@ class ClientStream:
         self.start_response(
             code.status, REASONS.get(code.status, b""), lines, len(body), no_body=False
         )
+        if self._req.head.method != b"HEAD":
+            self.send_body(body)
+        self.end_response()
+        return len(body)
+
+    def send_redirect(self, location: bytes, request_id: str) -> int:
+        """308 to `location` (SPEC §8 https_redirect); returns bytes sent."""
+        body = b"redirecting to " + location + b"\n"
+        lines = [
+            b"Location: " + location,
+            b"Content-Type: text/plain; charset=utf-8",
+            b"X-Edge-Request-Id: " + request_id.encode(),
+        ]
+        self.start_response(308, REASONS[308], lines, len(body), no_body=False)
         if self._req.head.method != b"HEAD":
             self.send_body(body)
         self.end_response()
@@ -258,13 +304,17 @@ class ClientStream:
         self._conn.unregister_download()
 
 
+@implementer(IHandshakeListener)
 class DownstreamProtocol(TwistedProtocol):
-    """One client connection."""
+    """One client connection (in clear, or over TLS with `tls`)."""
 
     transport: StreamTransport  # type: ignore[assignment]  # set by makeConnection
 
-    def __init__(self, factory: DownstreamFactory) -> None:
+    def __init__(self, factory: DownstreamFactory, *, tls: bool = False) -> None:
         self.factory = factory
+        self.tls = tls
+        self.client_tls: ClientTLSFacts | None = None  # once the TLS handshake completed
+        self._handshake_timed_out = False
         self.limits: Limits = factory.limits
         self.clock = factory.clock
         self.handler = factory.handler
@@ -305,9 +355,21 @@ class DownstreamProtocol(TwistedProtocol):
             handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._writer = SocketWriter(self.transport)
         self.factory.connections.add(self)
-        self._set_timer(self.limits.client_idle_timeout)
+        if self.tls:
+            self._set_timer(self.limits.client_header_timeout)  # for the handshake
+        else:
+            self._set_timer(self.limits.client_idle_timeout)
+
+    def handshakeCompleted(self) -> None:
+        """The client's TLS handshake completed: its facts, then the idle deadline."""
+        facts = client_facts(self.transport.getHandle())
+        self.client_tls = facts
+        self.handler.client_handshake_done(facts)
+        self._set_timer(self.limits.client_idle_timeout)  # replaces the handshake's deadline
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self.tls and self.client_tls is None:
+            self._report_handshake_failure(reason)
         self.lost = True
         self._writer.connection_lost()
         self.factory.connection_closed(self)
@@ -316,6 +378,21 @@ class DownstreamProtocol(TwistedProtocol):
         if req is not None and req.sink is not None and not req.responded:
             req.sink.client_lost()
         self._queue.clear()
+
+    def _report_handshake_failure(self, reason: Failure | None) -> None:
+        tls = self.transport.getHandle() if self.transport is not None else None
+        if not getattr(self.transport, "handshake_started", True):
+            return  # not a byte came: a port check, or a client that changed its mind
+        refused, sni = handshake_refusal(tls if isinstance(tls, SSL.Connection) else None)
+        if refused:
+            detail = f"no certificate covers the SNI {sni!r} (unknown_sni: reject)"
+        elif self._handshake_timed_out:
+            detail = "handshake not completed within client_header_timeout"
+        else:
+            detail = _handshake_error(reason)
+        self.handler.client_handshake_failed(
+            HandshakeFailure(client=self.client_ip, sni=sni, refused=refused, detail=detail)
+        )
 
     def abort(self) -> None:
         if self.transport is not None and not self.lost:
@@ -401,6 +478,10 @@ class DownstreamProtocol(TwistedProtocol):
         self._timed_out()
 
     def _timed_out(self) -> None:
+        if self.tls and self.client_tls is None:
+            self._handshake_timed_out = True
+            self.transport.abortConnection()
+            return
         if self._in_head or self.closing_after_response or self.current is not None:
             # A head that did not arrive in time (slowloris), or a client that does not
             # take a cut-short response: reset, nothing more is owed.
@@ -830,6 +911,16 @@ _HOSTS_REMEMBERED = 4096
 _hosts: dict[bytes, str | None] = {}
 
 
+def _handshake_error(reason: Failure | None) -> str:
+    """A failed handshake's reason in a few words: OpenSSL's, else how the client left."""
+    value = reason.value if reason is not None else None
+    if isinstance(value, SSL.Error) and value.args and isinstance(value.args[0], list):
+        texts = [str(entry[-1]) for entry in value.args[0] if entry]
+        if texts:
+            return "TLS error: " + "; ".join(dict.fromkeys(texts))
+    return "the client closed the connection during the handshake"
+
+
 def _request_host(authority: bytes) -> str | None:
     """normalize_request_host, remembered per spelling: clients name the same hosts."""
     try:
@@ -889,6 +980,10 @@ class DownstreamFactory(Factory):
     def buildProtocol(self, addr: Any) -> DownstreamProtocol:
         return DownstreamProtocol(self)
 
+    def build_tls_protocol(self, addr: Any) -> DownstreamProtocol:
+        """A client connection of the HTTPS listener, under a TLSTransport."""
+        return DownstreamProtocol(self, tls=True)
+
     def connection_closed(self, conn: DownstreamProtocol) -> None:
         self.connections.discard(conn)
         if not self.connections and self._closed_waiters:
@@ -915,6 +1010,7 @@ __all__ = [
     "ClientStream",
     "DownstreamFactory",
     "DownstreamProtocol",
+    "HandshakeFailure",
     "RequestHead",
     "RequestSink",
 ]

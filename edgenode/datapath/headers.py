@@ -143,6 +143,7 @@ def origin_request_head(
     origin_host: bytes,
     forwarded_host: bytes,
     body_framing: bytes | None,
+    forwarded_proto: bytes = b"http",
 ) -> bytes:
     """The request head sent back-to-origin, in one bytes object.
 
@@ -159,7 +160,7 @@ def origin_request_head(
     if body_framing is not None:
         lines.append(body_framing)
     lines.append(b"X-Forwarded-For: " + _merged(xff, client_ip))
-    lines.append(b"X-Forwarded-Proto: http")
+    lines.append(b"X-Forwarded-Proto: " + forwarded_proto)
     lines.append(b"X-Forwarded-Host: " + forwarded_host)
     lines.append(b"Via: " + _merged(via, VIA_VALUE))
     lines.append(b"\r\n")

@@ -42,6 +42,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from edgenode.accesslog import AccessRecord
+from edgenode.certificates import EdgeCertificate
 from edgenode.datapath.pool import OriginPool
 from edgenode.errors import ErrorCode, OriginError
 from edgenode.routes import OriginRoute, server_label
@@ -241,6 +242,12 @@ class Monitor:
             self._show(lambda: _counter_family(REUSED, self._reused, _reused_labels, created))
         elif process == "worker":
             self._files = _WorkerFiles(self.registry)
+        self.client_handshakes = Counter(
+            "edgenode_client_tls_handshakes",
+            "TLS handshakes with clients on the HTTPS listener by result",
+            ["result"],
+            registry=r,
+        )
         self.cert_expiry = Gauge(
             "edgenode_origin_cert_expiry_timestamp_seconds",
             "notAfter of the certificate an origin presented at the last handshake",
@@ -258,6 +265,12 @@ class Monitor:
                 "edgenode_config_reloads",
                 "Config reloads by result",
                 ["result"],
+                registry=self.registry,
+            )
+            self.certificate_expiry = Gauge(
+                "edgenode_certificate_expiry_timestamp_seconds",
+                "notAfter of each certificate the edge offers its clients",
+                ["certificate"],
                 registry=self.registry,
             )
         self._pool_gauges: _PoolGauges | None = None
@@ -292,6 +305,18 @@ class Monitor:
         durations = self._durations[domain]
         durations.counts[bisect_left(_BOUNDS, seconds)] += 1  # le is inclusive, as Histogram's
         durations.total += seconds
+
+    def client_handshake(self, result: str) -> None:
+        """A client TLS handshake on the HTTPS listener: ok, unknown_sni_rejected, failed."""
+        self.client_handshakes.labels(result).inc()
+
+    def serving_certificates(self, certificates: Iterable[EdgeCertificate]) -> None:
+        """The certificates now offered to clients: their expiry, the removed ones gone."""
+        if self.process == "worker":
+            return  # the supervisor reports them, from the same config
+        self.certificate_expiry.clear()
+        for cert in certificates:
+            self.certificate_expiry.labels(cert.label).set(cert.not_after)
 
     def connection_used(
         self, domain: str, route: OriginRoute, *, reused: bool, peer: CertFacts | None

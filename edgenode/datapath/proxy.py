@@ -30,8 +30,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from edgenode.accesslog import AccessLog, AccessRecord
-from edgenode.datapath.downstream import ClientStream, RequestHead
+from edgenode.accesslog import AccessLog, AccessRecord, handshake_failure_line
+from edgenode.datapath.downstream import ClientStream, HandshakeFailure, RequestHead
 from edgenode.datapath.headers import client_response_lines, origin_request_head
 from edgenode.datapath.monitor import Monitor
 from edgenode.datapath.pool import OriginPool
@@ -39,6 +39,7 @@ from edgenode.datapath.upstream import StaleConnection, UpstreamConnection
 from edgenode.errors import ErrorCode, OriginError
 from edgenode.routes import OriginRoute
 from edgenode.runtime import DomainRuntime, RuntimeHolder
+from edgenode.servertls import ClientTLSFacts
 
 log = Logger()
 
@@ -114,6 +115,25 @@ class Proxy:
         exchange = Exchange(self, head, stream, route=False)
         exchange.fail(OriginError(code, detail))
 
+    def client_handshake_done(self, facts: ClientTLSFacts) -> None:
+        self.monitor.client_handshake("ok")
+
+    def client_handshake_failed(self, failure: HandshakeFailure) -> None:
+        result = "unknown_sni_rejected" if failure.refused else "failed"
+        self.monitor.client_handshake(result)
+        error = "client_tls_unknown_sni" if failure.refused else "client_tls_failed"
+        log.debug(
+            "client {client}: TLS handshake failed (SNI {sni}): {detail}",
+            client=failure.client,
+            sni=failure.sni,
+            detail=failure.detail,
+        )
+        self.access_log.write_line(
+            handshake_failure_line(
+                self.clock.seconds(), failure.client, failure.sni, error, failure.detail
+            )
+        )
+
 
 class Phase(enum.IntEnum):
     """Where an exchange is in its life. `_MOVES` lists every move it makes (h11's
@@ -180,6 +200,11 @@ class Exchange:
             t0,
             runtime.generation,
         )
+        client_tls = stream.client_tls
+        if client_tls is not None:
+            self.record.scheme = "https"
+            self.record.client_tls_version = client_tls.version
+            self.record.client_sni = client_tls.sni
         self._body_ended = not head.has_body
         if not self._body_ended:
             self._body_pending = []
@@ -200,6 +225,18 @@ class Exchange:
         if head.host is None:
             self.fail(OriginError(ErrorCode.BAD_REQUEST, "request has no Host"))
             return
+        client_tls = self.stream.client_tls
+        if client_tls is not None and not client_tls.certificate.covers(head.host):
+            # The connection's handshake never named this host (SPEC §8): no origin of it
+            # is reached through a connection made for another domain.
+            self.fail(
+                OriginError(
+                    ErrorCode.MISDIRECTED_REQUEST,
+                    f"{head.host} is not covered by the certificate this connection "
+                    f"presented ({', '.join(client_tls.certificate.names)})",
+                )
+            )
+            return
         domain = self.runtime.domains.get(head.host)
         if domain is None:
             self.fail(
@@ -207,11 +244,28 @@ class Exchange:
             )
             return
         self.domain = domain
-        self.timeouts = domain.config.timeouts
         self.record.domain = domain.config.name
+        if client_tls is None and domain.config.https_redirect:
+            self._redirect_to_https()
+            return
+        self.timeouts = domain.config.timeouts
         self._origin_head = self._build_origin_head(domain)
         self._plan = domain.balancer.plan()
         self._try_next_origin()
+
+    def _redirect_to_https(self) -> None:
+        """308 to the same host and target over HTTPS; the origin is never contacted."""
+        head = self.head
+        port = self.runtime.https_port
+        host = self.domain.config.name  # the request's host: it selected this domain
+        authority = host if port == 443 else f"{host}:{port}"
+        location = b"https://" + authority.encode("ascii") + head.path
+        if not self._body_ended:
+            self.stream.close_after_response()  # the body is not read: the stream is done
+        rec = self.record
+        rec.status = 308
+        rec.bytes_sent = self.stream.send_redirect(location, self.request_id)
+        self._finish()
 
     def _build_origin_head(self, domain: DomainRuntime) -> bytes:
         head = self.head
@@ -228,6 +282,7 @@ class Exchange:
             origin_host=domain.origin_host,
             forwarded_host=head.host_header,
             body_framing=framing,
+            forwarded_proto=b"http" if self.stream.client_tls is None else b"https",
         )
 
     def _try_next_origin(self) -> None:
