@@ -1,5 +1,7 @@
-"""A throw-away CA and one leaf certificate per name, for the benchmark's TLS origin.
+"""A throw-away CA and its leaf certificates, for the benchmark's TLS origin and edges.
 
+The origin gets one leaf per name; the edges' own HTTPS listener (the https cells of
+`run.py --client-tls`) one leaf for both bench names (`issue` with several names).
 EC P-256 keys, SHA-256 signatures, valid from an hour ago for two days. The
 benchmark writes everything into its temp dir and deletes it afterwards; nothing
 here is ever trusted outside that run.

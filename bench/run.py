@@ -4,6 +4,7 @@
     python3 bench/run.py                      # full: 1k and 64k bodies, 32 and 128 connections
     python3 bench/run.py --quick              # 3 s, 1k body, 32 connections only
     python3 bench/run.py --only edgenode      # one edge (no ratios)
+    python3 bench/run.py --quick --client-tls # also each cell with HTTPS from the client
     python3 bench/run.py --duration 20 --markdown /tmp/results.md
 
 What it does, in order:
@@ -12,7 +13,8 @@ What it does, in order:
    project itself (`pip install -e . --config-settings editable_mode=compat`) if
    `import edgenode` fails;
 2. makes a throw-away CA and one EC P-256 leaf per origin name (bench-a.test,
-   bench-b.test) in a temp dir;
+   bench-b.test) in a temp dir, and one leaf covering both for the edges' own HTTPS
+   listener (used by the https cells of --client-tls);
 3. starts an nginx TLS origin on 127.0.0.1 (two server blocks on one port, one
    certificate each, handshakes without a known SNI rejected), pinned to the load core;
 4. for every (body, connections) cell and each edge: starts the edge fresh, pinned to
@@ -20,7 +22,9 @@ What it does, in order:
    `proxy_ssl_verify on`, buffered access log; edgenode: `twistd -n edgenode` with
    origin SNI, the bench CA and its access log on), checks correctness (bodies byte
    for byte, the SNI the origin saw per domain), runs `wrk` for a warm-up and then
-   the measured run, pinned to the load core, and samples /proc around it;
+   the measured run, pinned to the load core, and samples /proc around it; an https
+   cell (--client-tls) gives both edges an HTTPS listener with that leaf as well and
+   points the check and wrk at it;
 5. prints one table, writes it as Markdown (with the date, versions and machine), and
    stops every process it started (process groups; also on Ctrl-C and on errors).
 
@@ -43,6 +47,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -59,6 +64,9 @@ HOST_A = "bench-a.test"
 HOST_B = "bench-b.test"
 BODIES = {"1k": 1024, "64k": 65536}
 EDGES = ("nginx", "edgenode")
+# How the client (wrk, the check) reaches the edge: plain HTTP, or HTTPS to the edge's
+# own certificate (SPEC §8). The origin side is HTTPS with SNI in both.
+SCHEMES = ("http", "https")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # twistd has no `python -m` entry point; this is what the console script runs.
@@ -200,6 +208,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
         return sock.getsockname()[1]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports (the kernel may hand the same one out twice in a row)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 def wait_until(
@@ -370,7 +388,12 @@ EDGE_HTTP = """
     server {{
         listen {addr}:{port} default_server;
         server_name {host};
-        location / {{
+{location}
+    }}
+{tls_server}"""
+
+# The one proxy configuration, shared by the plain and the HTTPS server of the edge.
+EDGE_LOCATION = """        location / {{
             proxy_pass https://bench_origin;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -390,7 +413,21 @@ EDGE_HTTP = """
             # Stream through memory buffers only, never spill a body to disk (edgenode
             # streams with backpressure and has no disk buffer either).
             proxy_max_temp_file_size 0;
-        }}
+        }}"""
+
+# HTTPS from the client (the https cells): the edge's own certificate for both bench
+# names, TLS 1.2 and 1.3, sessions resumable from the cache and by ticket, as edgenode
+# offers (SPEC §8). $scheme is then https, so X-Forwarded-Proto says so, as edgenode's.
+EDGE_TLS_SERVER = """
+    server {{
+        listen {addr}:{tls_port} ssl default_server;
+        server_name {host};
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_tickets on;
+{location}
     }}
 """
 
@@ -416,6 +453,15 @@ class Running:
     log_files: list[Path]
     access_log: Path | None = None
     log_mark: int = 0  # where this start's lines begin in a log file shared across starts
+    tls_port: int | None = None  # the HTTPS listener for clients, in https cells
+
+    def client_port(self, scheme: str) -> int:
+        """Where a client of `scheme` connects: the HTTPS listener or the plain one."""
+        if scheme != "https":
+            return self.port
+        if self.tls_port is None:
+            raise BenchError(f"{self.name} was started without an HTTPS listener")
+        return self.tls_port
 
     def worker_pids(self) -> list[int]:
         return [pid for pid in process_tree(self.proc.pid) if pid != self.proc.pid]
@@ -440,6 +486,7 @@ class Bench:
         self.anomalies: list[str] = []
         self.failures: list[str] = []  # cells not timed (with --keep-going)
         self.spreads: list[str] = []  # per cell, with --repeat
+        self.negotiated: dict[str, str] = {}  # per edge: TLS version and cipher to clients
 
     def taskset(self, cpu: int) -> list[str]:
         if cpu == self.edge_cpu and self.args.workers > 1:
@@ -456,17 +503,32 @@ class Bench:
         ca = BenchCA()
         ca.write_ca(self.ca_file)
         self.leaves = {host: ca.issue([host], self.tmp, host) for host in (HOST_A, HOST_B)}
+        # The edges' own certificate for their HTTPS listener (https cells): both names.
+        self.edge_leaf = ca.issue([HOST_A, HOST_B], self.tmp, "edge-clients")
+        # What the correctness check trusts over HTTPS: the bench CA, and only it.
+        self.client_tls = ssl.create_default_context(cafile=str(self.ca_file))
         self.www.mkdir()
         for name, size in BODIES.items():
             self.bodies[name] = os.urandom(size)
             (self.www / name).write_bytes(self.bodies[name])
 
-    def start_nginx(self, name: str, http_block: Callable[[int], str], cpu: int) -> Running:
-        """nginx from a config made by `http_block(port)`, on a free port (3 tries)."""
+    def start_nginx(
+        self,
+        name: str,
+        http_block: Callable[[int, int | None], str],
+        cpu: int,
+        *,
+        tls: bool = False,
+    ) -> Running:
+        """nginx from a config made by `http_block(port, tls_port)`, on free ports (3 tries).
+
+        `tls_port` is None unless `tls`: then a second port, for the HTTPS listener.
+        """
         for attempt in range(3):
-            port = free_port()
+            port, *more = free_ports(2 if tls else 1)
+            tls_port = more[0] if more else None
             workers = self.args.workers if name == "nginx-edge" else 1
-            conf = nginx_conf(self.tmp, name, http_block(port), workers)
+            conf = nginx_conf(self.tmp, name, http_block(port, tls_port), workers)
             error_log = self.tmp / f"{name}-error.log"
             output = self.tmp / f"{name}.out"
             error_log.unlink(missing_ok=True)
@@ -482,13 +544,14 @@ class Bench:
             ]
             proc = self.procs.spawn(cmd, output, self.tmp)
             try:
-                wait_until(
-                    lambda port=port: port_open(port),
-                    lambda proc=proc: proc.poll() is None,
-                    10,
-                    f"nginx {name}",
-                )
-                return Running(name, proc, port, [error_log, output])
+                for listening in (port, *more):
+                    wait_until(
+                        lambda listening=listening: port_open(listening),
+                        lambda proc=proc: proc.poll() is None,
+                        10,
+                        f"nginx {name}",
+                    )
+                return Running(name, proc, port, [error_log, output], tls_port=tls_port)
             except BenchError as exc:
                 self.procs.stop(proc)
                 text = tail(error_log)
@@ -508,7 +571,7 @@ class Bench:
         if self.args.origin_no_resumption:
             extra.append("        ssl_session_cache off;\n        ssl_session_tickets off;")
 
-        def http_block(port: int) -> str:
+        def http_block(port: int, tls_port: int | None) -> str:
             blocks = "".join(
                 ORIGIN_BLOCK.format(
                     addr=LOOPBACK,
@@ -526,11 +589,24 @@ class Bench:
         self.origin = self.start_nginx("origin", http_block, self.load_cpu)
         log(f"origin: nginx TLS on {LOOPBACK}:{self.origin.port}, core {self.load_cpu}")
 
-    def start_nginx_edge(self, tag: str) -> Running:
+    def start_nginx_edge(self, tag: str, client_tls: bool) -> Running:
+        """The nginx edge; with `client_tls` also its HTTPS server, the same proxying."""
         assert self.origin is not None
         access_log = self.tmp / f"nginx-edge-access-{tag}.log"
+        location = EDGE_LOCATION.format(host=HOST_A, ca=self.ca_file)
 
-        def http_block(port: int) -> str:
+        def http_block(port: int, tls_port: int | None) -> str:
+            tls_server = ""
+            if tls_port is not None:
+                cert, key = self.edge_leaf
+                tls_server = EDGE_TLS_SERVER.format(
+                    addr=LOOPBACK,
+                    tls_port=tls_port,
+                    host=HOST_A,
+                    cert=cert,
+                    key=key,
+                    location=location,
+                )
             return EDGE_HTTP.format(
                 log_format=EDGE_LOG_FORMAT,
                 access_log=access_log,
@@ -538,35 +614,50 @@ class Bench:
                 origin_port=self.origin.port,
                 port=port,
                 host=HOST_A,
-                ca=self.ca_file,
+                location=location,
+                tls_server=tls_server,
             )
 
-        edge = self.start_nginx("nginx-edge", http_block, self.edge_cpu)
+        edge = self.start_nginx("nginx-edge", http_block, self.edge_cpu, tls=client_tls)
         edge.access_log = access_log
         return edge
 
-    def start_edgenode(self, tag: str) -> Running:
+    def edgenode_config(
+        self, port: int, admin_port: int, tls_port: int | None, access_log: Path
+    ) -> dict[str, Any]:
+        """Both domains on the origin with origin SNI; with `tls_port`, HTTPS for clients
+        too (SPEC §8: `listen_tls`, `tls.certificates`), with the same leaf as nginx's."""
+        assert self.origin is not None
+        domain = {
+            "origin_sni": {"enabled": True},
+            "origins": [{"address": LOOPBACK, "port": self.origin.port}],
+        }
+        tls: dict[str, Any] = {"ca_file": str(self.ca_file)}
+        config: dict[str, Any] = {"listen": f"tcp:{port}:interface={LOOPBACK}"}
+        if tls_port is not None:
+            config["listen_tls"] = f"tcp:{tls_port}:interface={LOOPBACK}"
+            cert, key = self.edge_leaf
+            tls["certificates"] = [{"cert_file": str(cert), "key_file": str(key)}]
+        config |= {
+            "admin": {
+                "listen": f"tcp:{admin_port}:interface={LOOPBACK}",
+                "token_file": "admin.token",
+            },
+            "access_log": str(access_log),
+            "tls": tls,
+            "domains": {HOST_A: domain, HOST_B: domain},
+            "workers": self.args.workers,
+        }
+        return config
+
+    def start_edgenode(self, tag: str, client_tls: bool) -> Running:
         import yaml
 
-        assert self.origin is not None
         access_log = self.tmp / f"edgenode-access-{tag}.log"
         for attempt in range(3):
-            port, admin_port = free_port(), free_port()
-            domain = {
-                "origin_sni": {"enabled": True},
-                "origins": [{"address": LOOPBACK, "port": self.origin.port}],
-            }
-            config = {
-                "listen": f"tcp:{port}:interface={LOOPBACK}",
-                "admin": {
-                    "listen": f"tcp:{admin_port}:interface={LOOPBACK}",
-                    "token_file": "admin.token",
-                },
-                "access_log": str(access_log),
-                "tls": {"ca_file": str(self.ca_file)},
-                "domains": {HOST_A: domain, HOST_B: domain},
-                "workers": self.args.workers,
-            }
+            port, admin_port, *more = free_ports(3 if client_tls else 2)
+            tls_port = more[0] if more else None
+            config = self.edgenode_config(port, admin_port, tls_port, access_log)
             config_path = self.tmp / "edgenode.yaml"
             config_path.write_text(yaml.safe_dump(config, sort_keys=False))
             check = subprocess.run(
@@ -582,6 +673,13 @@ class Bench:
                 text=True,
                 timeout=60,
             )
+            if check.returncode != 0 and client_tls:
+                raise BenchError(
+                    "edgenode refused the config of the https cell (listen_tls and "
+                    "tls.certificates, SPEC §8): this edgenode does not serve HTTPS to "
+                    f"clients yet, or no longer takes that syntax. `edgenode check` said:\n"
+                    f"{check.stderr.rstrip()}"
+                )
             if check.returncode != 0:
                 raise BenchError(f"edgenode check rejected the bench config:\n{check.stderr}")
             twistd_log = self.tmp / "edgenode-twistd.log"
@@ -608,13 +706,24 @@ class Bench:
                     30,
                     "edgenode",
                 )
-                wait_until(
-                    lambda port=port: port_open(port),
-                    lambda proc=proc: proc.poll() is None,
-                    10,
-                    "edgenode listener",
+                for listening, what in ((port, "listener"), (tls_port, "HTTPS listener")):
+                    if listening is None:
+                        continue
+                    wait_until(
+                        lambda listening=listening: port_open(listening),
+                        lambda proc=proc: proc.poll() is None,
+                        10,
+                        f"edgenode {what}",
+                    )
+                return Running(
+                    "edgenode",
+                    proc,
+                    port,
+                    [twistd_log, output],
+                    access_log,
+                    mark,
+                    tls_port=tls_port,
                 )
-                return Running("edgenode", proc, port, [twistd_log, output], access_log, mark)
             except BenchError as exc:
                 self.procs.stop(proc)
                 text = twistd_log.read_text(errors="replace")[mark:] if twistd_log.exists() else ""
@@ -627,34 +736,43 @@ class Bench:
 
     # -- correctness --
 
-    def check_edge(self, edge: Running, body: str) -> None:
+    def check_edge(self, edge: Running, body: str, scheme: str) -> None:
         """The cell's body byte for byte, then the SNI the origin saw; BenchError if off.
 
         Each request is a new client connection, but the edge reuses its one pooled
         origin connection, so `/whoami` after the body also proves that connection is
-        still usable after carrying that body.
+        still usable after carrying that body. Over https each connection sends the
+        domain as SNI and verifies the edge's certificate against the bench CA and that
+        name, which wrk does not do.
         """
+        port = edge.client_port(scheme)
+        tls = self.client_tls if scheme == "https" else None
         hosts = [HOST_A] + ([HOST_B] if edge.name == "edgenode" else [])
         for host in hosts:
             for name in dict.fromkeys(("1k", body)):
-                status, got = get(edge.port, f"/{name}", host)
+                status, got = get(port, f"/{name}", host, tls=tls)
                 want = self.bodies[name]
                 if status != 200 or got != want:
                     raise BenchError(
-                        f"{edge.name}: GET /{name} with Host {host} answered {status} with "
-                        f"{len(got)} bytes, expected 200 with the {len(want)} bytes of the file"
-                        f"{'' if len(got) != len(want) else ' (content differs)'}"
+                        f"{edge.name} ({scheme}): GET /{name} with Host {host} answered "
+                        f"{status} with {len(got)} bytes, expected 200 with the {len(want)} "
+                        f"bytes of the file{'' if len(got) != len(want) else ' (content differs)'}"
                     )
-            status, got = get(edge.port, "/whoami", host, after=f"/{body}")
+            status, got = get(port, "/whoami", host, after=f"/{body}", tls=tls)
             if status != 200 or got != host.encode():
                 raise BenchError(
-                    f"{edge.name}: the origin saw SNI {got[:200]!r} (status {status}) for a "
-                    f"request to {host}; expected {host!r}"
+                    f"{edge.name} ({scheme}): the origin saw SNI {got[:200]!r} (status "
+                    f"{status}) for a request to {host}; expected {host!r}"
                 )
 
     # -- measuring --
 
-    def wrk(self, port: int, body: str, conns: int, seconds: float) -> dict[str, Any]:
+    def wrk(
+        self, port: int, body: str, conns: int, seconds: float, scheme: str = "http"
+    ) -> dict[str, Any]:
+        """wrk against the edge; over https it neither verifies the certificate nor sends
+        the domain as SNI (it sends the URL's host, 127.0.0.1), and keeps every
+        connection alive: one handshake per connection, then only TLS records."""
         cmd = [
             *self.taskset(self.load_cpu),
             "wrk",
@@ -664,7 +782,7 @@ class Bench:
             "--latency",
             "-H",
             f"Host: {HOST_A}",
-            f"http://{LOOPBACK}:{port}/{body}",
+            f"{scheme}://{LOOPBACK}:{port}/{body}",
         ]
         proc = subprocess.Popen(
             cmd,
@@ -684,18 +802,26 @@ class Bench:
             raise BenchError(f"`{shlex.join(cmd)}` exited {proc.returncode}:\n{out}")
         return parse_wrk(out, cmd)
 
-    def measure(self, edge_kind: str, body: str, conns: int) -> dict[str, Any]:
-        tag = f"{body}-{conns}"
-        edge = self.start_nginx_edge(tag) if edge_kind == "nginx" else self.start_edgenode(tag)
+    def start_edge(self, edge_kind: str, tag: str, client_tls: bool) -> Running:
+        if edge_kind == "nginx":
+            return self.start_nginx_edge(tag, client_tls)
+        return self.start_edgenode(tag, client_tls)
+
+    def measure(self, edge_kind: str, body: str, conns: int, scheme: str) -> dict[str, Any]:
+        tag = f"{body}-{conns}-{scheme}"
+        edge = self.start_edge(edge_kind, tag, client_tls=scheme == "https")
         try:
-            self.check_edge(edge, body)
-            self.wrk(edge.port, body, conns, self.args.warmup)
+            self.check_edge(edge, body, scheme)
+            port = edge.client_port(scheme)
+            if scheme == "https":
+                self.negotiated[edge_kind] = negotiated_tls(port, HOST_A, self.client_tls)
+            self.wrk(port, body, conns, self.args.warmup, scheme)
             root = edge.proc.pid
             cpu0 = tree_cpu_ticks(root)
             core0 = core_busy_ticks(self.load_cpu)
             edge_core0 = core_busy_ticks(self.edge_cpu)
             t0 = time.monotonic()
-            result = self.wrk(edge.port, body, conns, self.args.duration)
+            result = self.wrk(port, body, conns, self.args.duration, scheme)
             wall = time.monotonic() - t0
             cpu1 = tree_cpu_ticks(root)
             core1 = core_busy_ticks(self.load_cpu)
@@ -713,6 +839,7 @@ class Bench:
             edge=edge_kind,
             body=body,
             conns=conns,
+            client=scheme,
             cpu_us_per_req=cpu_us / requests if requests else float("nan"),
             edge_busy=cpu_us / 1e6 / wall,
             load_busy=(core1[0] - core0[0]) / max(1, core1[1] - core0[1]),
@@ -729,7 +856,7 @@ class Bench:
 
     def after_run(self, edge: Running, result: dict[str, Any]) -> None:
         """Note what looks wrong: errors, a quiet access log, errors in the edge's logs."""
-        label = f"{result['edge']} {result['body']}/{result['conns']}"
+        label = row_label(result)
         if result["errors"]:
             self.anomalies.append(f"{label}: wrk reported errors: {result['error_text']}")
         assert edge.access_log is not None
@@ -761,59 +888,71 @@ class Bench:
             cpu = [r["cpu_us_per_req"] for r in ordered]
             rps = sorted(r["rps"] for r in runs)
             self.spreads.append(
-                f"{chosen['edge']} {chosen['body']}/{chosen['conns']}: over {len(runs)} runs "
+                f"{row_label(chosen)}: over {len(runs)} runs "
                 f"CPU µs/req {cpu[0]:.1f} to {cpu[-1]:.1f}, req/s {rps[0]:,.0f} to {rps[-1]:,.0f}"
             )
         return chosen
+
+    def run_cell(
+        self, edges: list[str], body: str, conns: int, scheme: str
+    ) -> list[dict[str, Any]]:
+        """Every edge on one cell, `--repeat` times; one row per edge (median run)."""
+        repeat = self.args.repeat
+        runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in edges}
+        failed: set[str] = set()
+        # Rounds alternate the edges, so both see the same stretch of machine noise.
+        for round_no in range(repeat):
+            for kind in edges:
+                if kind in failed:
+                    continue
+                label = row_label({"edge": kind, "body": body, "conns": conns, "client": scheme})
+                log(
+                    f"{label}: {self.args.warmup:g} s warm-up + {self.args.duration:g} s"
+                    + (f" (round {round_no + 1}/{repeat})" if repeat > 1 else "")
+                )
+                try:
+                    result = self.measure(kind, body, conns, scheme)
+                except BenchError as exc:
+                    if not self.args.keep_going:
+                        raise
+                    log(f"FAILED, not timed: {exc}")
+                    self.failures.append(f"{label}: {exc}")
+                    failed.add(kind)
+                    continue
+                log(
+                    f"  {result['rps']:.0f} req/s, p99 {result['p99_ms']:.2f} ms, "
+                    f"{result['cpu_us_per_req']:.1f} µs CPU/req, "
+                    f"{result['rss_mib']:.1f} MiB"
+                )
+                runs[kind].append(result)
+        rows = []
+        for kind in edges:
+            row = {"edge": kind, "body": body, "conns": conns, "client": scheme}
+            other = sorted(r["edge_core_other"] for r in runs[kind])
+            if other and other[-1] > 0.05:
+                self.anomalies.append(
+                    f"{row_label(row)}: other processes used "
+                    + (f"{other[0]:.0%} to " if len(other) > 1 else "")
+                    + f"{other[-1]:.0%} of the edge core during the measured run"
+                    + ("s" if len(other) > 1 else "")
+                )
+            rows.append((row | {"failed": True}) if kind in failed else self.median_run(runs[kind]))
+        return rows
 
     def run(self) -> list[dict[str, Any]]:
         self.make_pki_and_files()
         self.start_origin()
         edges = [e for e in EDGES if self.args.only in (None, e)]
         results = []
-        cells = [(b, c) for b in self.args.bodies for c in self.args.connections]
-        repeat = self.args.repeat
-        for body, conns in cells:
-            runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in edges}
-            failed: set[str] = set()
-            # Rounds alternate the edges, so both see the same stretch of machine noise.
-            for round_no in range(repeat):
-                for kind in edges:
-                    if kind in failed:
-                        continue
-                    log(
-                        f"{kind}: {body} body, {conns} connections: "
-                        f"{self.args.warmup:g} s warm-up + {self.args.duration:g} s"
-                        + (f" (round {round_no + 1}/{repeat})" if repeat > 1 else "")
-                    )
-                    try:
-                        result = self.measure(kind, body, conns)
-                    except BenchError as exc:
-                        if not self.args.keep_going:
-                            raise
-                        log(f"FAILED, not timed: {exc}")
-                        self.failures.append(f"{kind} {body}/{conns}: {exc}")
-                        failed.add(kind)
-                        continue
-                    log(
-                        f"  {result['rps']:.0f} req/s, p99 {result['p99_ms']:.2f} ms, "
-                        f"{result['cpu_us_per_req']:.1f} µs CPU/req, "
-                        f"{result['rss_mib']:.1f} MiB"
-                    )
-                    runs[kind].append(result)
-            for kind in edges:
-                other = sorted(r["edge_core_other"] for r in runs[kind])
-                if other and other[-1] > 0.05:
-                    self.anomalies.append(
-                        f"{kind} {body}/{conns}: other processes used "
-                        + (f"{other[0]:.0%} to " if len(other) > 1 else "")
-                        + f"{other[-1]:.0%} of the edge core during the measured run"
-                        + ("s" if len(other) > 1 else "")
-                    )
-                if kind in failed:
-                    results.append({"edge": kind, "body": body, "conns": conns, "failed": True})
-                else:
-                    results.append(self.median_run(runs[kind]))
+        # The https row of a cell comes right after its plain row, so they read side by side.
+        cells = [
+            (b, c, s)
+            for b in self.args.bodies
+            for c in self.args.connections
+            for s in self.args.schemes
+        ]
+        for body, conns, scheme in cells:
+            results += self.run_cell(edges, body, conns, scheme)
         assert self.origin is not None
         origin_errors = [
             ln
@@ -838,15 +977,55 @@ def healthz(port: int) -> bool:
         return False
 
 
-def get(port: int, path: str, host: str, after: str = "") -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
+class SNIConnection(http.client.HTTPSConnection):
+    """HTTPS to 127.0.0.1 sending `server_name` as SNI and verifying the certificate
+    against it (HTTPSConnection alone would send and check the address it connects to)."""
+
+    def __init__(self, port: int, server_name: str, context: ssl.SSLContext) -> None:
+        super().__init__(LOOPBACK, port, timeout=10, context=context)
+        self.server_name = server_name
+        self.tls_context = context
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)  # TCP only; the handshake is ours
+        self.sock = self.tls_context.wrap_socket(self.sock, server_hostname=self.server_name)
+
+
+def negotiated_tls(port: int, server_name: str, context: ssl.SSLContext) -> str:
+    """'TLSv1.3 TLS_AES_256_GCM_SHA384': what the edge chose for a client like wrk (both
+    take OpenSSL's default TLS 1.3 suites), so the https rows compare like with like."""
+    try:
+        with (
+            socket.create_connection((LOOPBACK, port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=server_name) as tls,
+        ):
+            cipher = tls.cipher()
+            return f"{tls.version()} {cipher[0] if cipher else '?'}"
+    except OSError as exc:
+        raise BenchError(
+            f"TLS handshake with port {port} (SNI {server_name}) failed: {exc}"
+        ) from exc
+
+
+def get(
+    port: int, path: str, host: str, after: str = "", tls: ssl.SSLContext | None = None
+) -> tuple[int, bytes]:
+    """GET `path` with `host` on a new connection: plain, or over TLS with SNI = `host`."""
+    conn = (
+        SNIConnection(port, host, tls)
+        if tls is not None
+        else http.client.HTTPConnection(LOOPBACK, port, timeout=10)
+    )
     try:
         conn.request("GET", path, headers={"Host": host})
         response = conn.getresponse()
         return response.status, response.read()
-    except OSError as exc:
+    except OSError as exc:  # ssl.SSLError (a certificate that does not verify) included
         context = f", right after a GET {after} that succeeded" if after else ""
-        raise BenchError(f"GET {path} (Host {host}) on port {port} failed{context}: {exc}") from exc
+        scheme = "https" if tls is not None else "http"
+        raise BenchError(
+            f"GET {path} (Host {host}) over {scheme} on port {port} failed{context}: {exc}"
+        ) from exc
     finally:
         conn.close()
 
@@ -909,6 +1088,7 @@ COLUMNS = (
     ("edge", "edge"),
     ("body", "body"),
     ("conns", "conns"),
+    ("client", "client"),  # http or https: shown only when the run had https cells
     ("req/s", "rps"),
     ("p50 ms", "p50_ms"),
     ("p99 ms", "p99_ms"),
@@ -924,12 +1104,28 @@ COLUMNS = (
 )
 
 
+LABELS = ("edge", "body", "conns", "client")  # the columns that name a row (left-aligned)
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """'edgenode 1k/32', or 'edgenode 1k/32 https' for a cell with HTTPS from the client."""
+    label = f"{row['edge']} {row['body']}/{row['conns']}"
+    return label + (" https" if row.get("client") == "https" else "")
+
+
+def columns(results: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """COLUMNS, without `client` when every row is plain HTTP (tables as before --client-tls)."""
+    if any(r.get("client", "http") != "http" for r in results):
+        return list(COLUMNS)
+    return [c for c in COLUMNS if c[1] != "client"]
+
+
 def add_ratios(results: list[dict[str, Any]]) -> None:
-    """Each edgenode row divided by the nginx row of the same cell in this run."""
+    """Each edgenode row divided by the nginx row of the same cell (and scheme) in this run."""
     ok = [r for r in results if not r.get("failed")]
-    nginx = {(r["body"], r["conns"]): r for r in ok if r["edge"] == "nginx"}
+    nginx = {(r["body"], r["conns"], r["client"]): r for r in ok if r["edge"] == "nginx"}
     for row in ok:
-        base = nginx.get((row["body"], row["conns"]))
+        base = nginx.get((row["body"], row["conns"], row["client"]))
         if row["edge"] == "nginx" or base is None:
             continue
         for key, metric in (
@@ -947,7 +1143,7 @@ def cell(row: dict[str, Any], key: str) -> str:
         return "not timed"
     if value is None:
         return "—"
-    if key in ("edge", "body"):
+    if key in ("edge", "body", "client"):
         return str(value)
     if key in ("conns", "errors"):
         return str(value)
@@ -963,14 +1159,15 @@ def cell(row: dict[str, Any], key: str) -> str:
 
 
 def text_table(results: list[dict[str, Any]]) -> str:
-    rows = [[title for title, _ in COLUMNS]] + [[cell(r, k) for _, k in COLUMNS] for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    shown = columns(results)
+    rows = [[title for title, _ in shown]] + [[cell(r, k) for _, k in shown] for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(shown))]
     lines = []
     for n, row in enumerate(rows):
         lines.append(
             "  ".join(
-                v.ljust(w) if i < 3 else v.rjust(w)
-                for i, (v, w) in enumerate(zip(row, widths, strict=True))
+                v.ljust(w) if key in LABELS else v.rjust(w)
+                for (_, key), v, w in zip(shown, row, widths, strict=True)
             )
         )
         if n == 0:
@@ -979,10 +1176,29 @@ def text_table(results: list[dict[str, Any]]) -> str:
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
-    head = "| " + " | ".join(title for title, _ in COLUMNS) + " |"
-    rule = "|" + "|".join("---" if i < 3 else "---:" for i in range(len(COLUMNS))) + "|"
-    body = ["| " + " | ".join(cell(r, k) for _, k in COLUMNS) + " |" for r in results]
+    shown = columns(results)
+    head = "| " + " | ".join(title for title, _ in shown) + " |"
+    rule = "|" + "|".join("---" if key in LABELS else "---:" for _, key in shown) + "|"
+    body = ["| " + " | ".join(cell(r, k) for _, k in shown) + " |" for r in results]
     return "\n".join([head, rule, *body])
+
+
+def https_note(negotiated: dict[str, str]) -> str:
+    """What an https row measures, printed under any table that has one."""
+    note = (
+        "https rows: wrk speaks TLS to the edge's own certificate (EC P-256; both edges offer "
+        "TLS 1.2 and 1.3 and session resumption). Each wrk run opens its connections with one "
+        "full handshake each and keeps them alive, so the measured run is a handful of "
+        "handshakes (one per connection) and then TLS records: it measures mostly the "
+        "steady-state cost of record encryption, not of handshakes. wrk does not verify the "
+        "certificate and sends the URL's host, 127.0.0.1, as SNI, so both edges answer with "
+        "their default (only) certificate; the correctness check before each run does verify "
+        "it, against the bench CA, with the domain as SNI."
+    )
+    if negotiated:
+        seen = ", ".join(f"{edge} {facts}" for edge, facts in negotiated.items())
+        note += f" Negotiated in that check: {seen}."
+    return note
 
 
 # --- versions and machine -------------------------------------------------------------------
@@ -1049,6 +1265,7 @@ def render_markdown(
     anomalies: list[str],
     failures: list[str],
     spreads: list[str],
+    negotiated: dict[str, str],
 ) -> str:
     command = shlex.join(["python3", "bench/run.py", *args.argv])
     lines = [
@@ -1072,6 +1289,8 @@ def render_markdown(
         "the pace). Peak RSS = VmHWM (nginx: its worker). Ratios are edgenode ÷ nginx from "
         "this run; they carry across runs, absolute figures do not.",
     ]
+    if any(r.get("client") == "https" for r in results):
+        lines += ["", https_note(negotiated)]
     if spreads:
         lines += ["", "Spread over the repeated runs (the table shows the median one):", ""]
         lines += [f"- {sp}" for sp in spreads]
@@ -1103,6 +1322,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--bodies", default="1k,64k", help=f"comma-separated, of {', '.join(BODIES)}"
     )
     parser.add_argument("--connections", default="32,128", help="comma-separated wrk -c values")
+    parser.add_argument(
+        "--schemes",
+        default="http",
+        help="how wrk reaches the edge, comma-separated of http, https (default http); "
+        "https gives both edges an HTTPS listener with a bench-CA certificate",
+    )
+    parser.add_argument(
+        "--client-tls",
+        action="store_true",
+        help="also run every cell with HTTPS from the client, beside the plain one: "
+        "the same as --schemes http,https (works with --quick)",
+    )
     parser.add_argument(
         "--markdown",
         metavar="PATH",
@@ -1149,6 +1380,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = [b for b in args.bodies if b not in BODIES]
     if unknown or not args.bodies:
         parser.error(f"--bodies: choose from {', '.join(BODIES)}")
+    schemes = {s.strip() for s in args.schemes.split(",") if s.strip()}
+    if args.client_tls:
+        schemes |= set(SCHEMES)
+    if not schemes or not schemes <= set(SCHEMES):
+        parser.error(f"--schemes: choose from {', '.join(SCHEMES)}")
+    args.schemes = [s for s in SCHEMES if s in schemes]  # http first: plain rows lead
     try:
         args.connections = [int(c) for c in args.connections.split(",")]
     except ValueError:
@@ -1198,6 +1435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_ratios(results)
     print()
     print(text_table(results))
+    if "https" in args.schemes:
+        print(f"note: {https_note(bench.negotiated)}")
     for spread in bench.spreads:
         print(f"spread: {spread}")
     for note in bench.anomalies:
@@ -1219,6 +1458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.anomalies,
             bench.failures,
             bench.spreads,
+            bench.negotiated,
         )
     )
     print(f"\nMarkdown: {path}")

@@ -1,9 +1,11 @@
 """Tests for `edgenode tail`: the follower, the pure summary, the filters and the command.
 
-Logs are written with the edge's own writer (`AccessRecord.to_json_line`). Expected
-numbers are computed here, independently of edgenode.tools.tail. Following is driven by
-explicit `Follower.poll()` calls (or `follow()` with a fake clock and sleep), so
-nothing sleeps.
+Logs are written with the edge's own writer (`AccessRecord.to_json_line`); the fields
+SPEC §8 adds (`scheme`, `client_tls_version`, `client_sni`, after `generation`) and the
+lines of failed client TLS handshakes are added here as the edge writes them, and some
+lines stay as older edges wrote them, without those keys. Expected numbers are computed
+here, independently of edgenode.tools.tail. Following is driven by explicit
+`Follower.poll()` calls (or `follow()` with a fake clock and sleep), so nothing sleeps.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import math
 import os
 import random
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,13 +23,14 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from edgenode.accesslog import AccessRecord
+from edgenode.accesslog import FIELDS, AccessRecord
 from edgenode.tools.cli import main
 from edgenode.tools.tail.engine import Tail, follow
 from edgenode.tools.tail.filters import RecordFilter, parse_status_filter
 from edgenode.tools.tail.follower import Follower
 from edgenode.tools.tail.summary import (
     LATENCY_SECONDS,
+    MAX_CLIENT_TLS_GROUPS,
     LatencyWindow,
     LogSummary,
     Rates,
@@ -69,28 +73,103 @@ def line(i: int, **fields: Any) -> bytes:
     return record(i, **fields).to_json_line()
 
 
+CLIENT_FIELDS = ("scheme", "client_tls_version", "client_sni")  # SPEC §8, after `generation`
+
+
+def old_line(i: int, **fields: Any) -> bytes:
+    """A request line as edges before HTTPS for clients wrote it: no SPEC §8 keys at all."""
+    data = {k: v for k, v in json.loads(line(i, **fields)).items() if k not in CLIENT_FIELDS}
+    return json.dumps(data, separators=(",", ":")).encode() + b"\n"
+
+
+def with_client_fields(
+    raw: bytes, scheme: str, tls_version: str | None = None, client_sni: str | None = None
+) -> bytes:
+    """`raw` as an edge with HTTPS for clients writes it: SPEC §8 fields after `generation`."""
+    data: dict[str, Any] = {}
+    for key, value in json.loads(raw).items():
+        if key in CLIENT_FIELDS:
+            continue
+        data[key] = value
+        if key == "generation":
+            data.update(scheme=scheme, client_tls_version=tls_version, client_sni=client_sni)
+    return json.dumps(data, separators=(",", ":")).encode() + b"\n"
+
+
+def https_line(i: int, **fields: Any) -> bytes:
+    """A request that came over the HTTPS listener, its SNI being its host."""
+    sni = fields.get("domain") or "nowhere.example"
+    return with_client_fields(line(i, **fields), "https", "TLSv1.3", sni)
+
+
+def handshake_failure(
+    i: int, error: str, client_sni: str | None, detail: str = "alert", client: str = "198.51.100.9"
+) -> bytes:
+    """The line the edge writes for a client TLS handshake that failed: not a request."""
+    request_fields = [key for key in FIELDS if key not in CLIENT_FIELDS]
+    generation = request_fields.index("generation") + 1
+    order = [*request_fields[:generation], *CLIENT_FIELDS, *request_fields[generation:]]
+    data: dict[str, Any] = dict.fromkeys(order)
+    data.update(
+        ts=f"2026-12-05T10:00:{i % 60:02d}.{i % 1000:03d}Z",
+        client=client,
+        bytes_sent=0,
+        scheme="https",
+        client_tls_version=None,
+        client_sni=client_sni,
+        error=error,
+        error_detail=detail,
+    )
+    return json.dumps(data, separators=(",", ":")).encode() + b"\n"
+
+
 def mixed_log(n: int = 600, seed: int = 4) -> list[bytes]:
-    """`n` lines over three domains and unknown hosts, every status class, varied latency."""
+    """`n` lines over three domains and unknown hosts, every status class, varied latency.
+
+    A third of the lines are as older edges wrote them (no `scheme`), a third came over
+    plain HTTP, a third over HTTPS.
+    """
     rng = random.Random(seed)
     lines = []
     for i in range(n):
         domain = rng.choice(DOMAINS)
         status = 421 if domain is None else rng.choice(STATUSES)
         error = ERRORS.get(status)
-        lines.append(
-            line(
-                i,
-                domain=domain,
-                status=status,
-                bytes_sent=rng.randrange(0, 50_000),
-                duration_ms=rng.randrange(1, 30_000) / 10,  # one decimal: exact in the table
-                error=error,
-                origin=None if domain is None else f"203.0.113.{rng.randrange(1, 3)}:443",
-                sni=domain,
-                error_detail=f"detail of {i}" if error else None,
-            )
+        raw = old_line(
+            i,
+            domain=domain,
+            status=status,
+            bytes_sent=rng.randrange(0, 50_000),
+            duration_ms=rng.randrange(1, 30_000) / 10,  # one decimal: exact in the table
+            error=error,
+            origin=None if domain is None else f"203.0.113.{rng.randrange(1, 3)}:443",
+            sni=domain,
+            error_detail=f"detail of {i}" if error else None,
         )
+        scheme = rng.choice((None, "http", "https"))
+        if scheme == "https":
+            raw = with_client_fields(raw, "https", "TLSv1.3", domain or "nowhere.example")
+        elif scheme == "http":
+            raw = with_client_fields(raw, "http")
+        lines.append(raw)
     return lines
+
+
+def with_handshake_failures(lines: list[bytes], every: int = 7) -> list[bytes]:
+    """`lines` with a failed client handshake after every `every`-th line."""
+    snis = (None, "www.example.com", "unknown.example", None)
+    errors = ("client_tls_failed", "client_tls_unknown_sni")
+    out = []
+    for i, raw in enumerate(lines):
+        out.append(raw)
+        if i % every == 0:
+            n = i // every
+            out.append(handshake_failure(n, errors[n % 2], snis[n % 4], f"reason {n}"))
+    return out
+
+
+def is_handshake_failure(raw: bytes) -> bool:
+    return json.loads(raw)["request_id"] is None
 
 
 def write(path: Path, lines: Iterable[bytes], mode: str = "ab") -> None:
@@ -99,10 +178,15 @@ def write(path: Path, lines: Iterable[bytes], mode: str = "ab") -> None:
 
 
 def expected_rows(lines: Iterable[bytes]) -> dict[str, dict[str, Any]]:
-    """The --once table computed straight from the JSON, without edgenode.tools.tail."""
+    """The --once table computed straight from the JSON, without edgenode.tools.tail.
+
+    Lines of failed client handshakes are not requests: they are in no row.
+    """
     groups: dict[str, list[dict[str, Any]]] = {}
     for raw in lines:
         data = json.loads(raw)
+        if data["request_id"] is None:
+            continue
         groups.setdefault(data["domain"] or "_unknown", []).append(data)
         groups.setdefault("_total", []).append(data)
     rows = {}
@@ -117,6 +201,8 @@ def expected_rows(lines: Iterable[bytes]) -> dict[str, dict[str, Any]]:
             row[f"{cls}xx"] = sum(1 for r in records if r["status"] // 100 == cls)
         row.update(p50_ms=pct(50), p95_ms=pct(95), p99_ms=pct(99))
         row["bytes"] = sum(r["bytes_sent"] for r in records)
+        # A line without `scheme` was written before the edge served HTTPS: plain HTTP.
+        row["https_%"] = 100 * sum(r.get("scheme") == "https" for r in records) / len(records)
         rows[domain] = row
     return rows
 
@@ -134,18 +220,36 @@ def once_table(out: str) -> dict[str, dict[str, Any]]:
         domain, *values = text.split()
         assert len(values) == len(ONCE_COLUMNS) - 1, text
         rows[domain] = {
-            name: (None if value == "-" else float(value)) if name.endswith("_ms") else int(value)
+            name: _once_value(name, value)
             for name, value in zip(ONCE_COLUMNS[1:], values, strict=True)
         }
     return rows
 
 
+def _once_value(name: str, value: str) -> int | float | None:
+    if name.endswith(("_ms", "_%")):
+        return None if value == "-" else float(value)
+    return int(value)
+
+
 def as_table(expected: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Expected rows as the table shows them (milliseconds to one decimal)."""
+    """Expected rows as the table shows them (milliseconds and percentages to one decimal)."""
     return {
-        domain: {k: round(v, 1) if k.endswith("_ms") else v for k, v in row.items()}
+        domain: {k: round(v, 1) if k.endswith(("_ms", "_%")) else v for k, v in row.items()}
         for domain, row in expected.items()
     }
+
+
+def section(out: str, title_start: str) -> list[list[str]]:
+    """The rows of the --once table whose title starts with `title_start`, split into words."""
+    lines = out.splitlines()
+    start = next(i for i, text in enumerate(lines) if text.startswith(title_start))
+    rows = []
+    for text in lines[start + 3 :]:  # title, column names, rule
+        if not text.strip():
+            break
+        rows.append(text.split())
+    return rows
 
 
 @pytest.fixture
@@ -191,7 +295,9 @@ def test_once_on_an_empty_log(log: Path, capsys: pytest.CaptureFixture[str]) -> 
     log.touch()
     assert main(["tail", "--once", str(log)]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[-1].split() == ["_total", "0", "0", "0", "0", "0", "-", "-", "-", "0"]
+    last = ["_total", "0", "0", "0", "0", "0", "-", "-", "-", "0", "-"]
+    assert out.splitlines()[-1].split() == last
+    assert "https - of requests (0 of 0)" in out
 
 
 def test_once_groups_origin_failures_and_lists_recent_errors(
@@ -363,6 +469,204 @@ def test_status_filter_rejects_non_integer_statuses() -> None:
     keep = parse_status_filter("5xx")
     assert keep(502) and not keep(404)
     assert not keep(None) and not keep("502") and not keep(True)
+
+
+# --- HTTPS for clients (SPEC §8): the https share, failed client handshakes --------------------
+
+
+def test_once_shows_the_https_share_and_lists_handshake_failures_apart(
+    log: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--once: the https share of requests, rows and totals of requests only, and the failed
+    client handshakes by (client SNI, error) with their totals by error."""
+    requests = mixed_log()
+    lines = with_handshake_failures(requests)
+    write(log, lines)
+    assert main(["tail", "--once", str(log)]) == 0
+    out = capsys.readouterr().out
+    failures = [json.loads(raw) for raw in lines if is_handshake_failure(raw)]
+    https = sum(json.loads(raw).get("scheme") == "https" for raw in requests)
+    assert 0 < https < len(requests)
+    assert out.splitlines()[:2] == [
+        f"edgenode tail {log}: {len(lines)} records "
+        f"({len(failures)} client TLS handshake failures), 0 unparsable",
+        f"https {100 * https / len(requests):.1f} % of requests ({https} of {len(requests)})",
+    ]
+    assert once_table(out) == as_table(expected_rows(requests))
+
+    by_error = Counter(f["error"] for f in failures)
+    totals = ", ".join(f"{e} {n}" for e, n in sorted(by_error.items(), key=lambda i: (-i[1], i[0])))
+    title = f"client TLS handshake failures by (sni, error): {len(failures)} ({totals})"
+    assert title in out.splitlines()
+    rows = section(out, title)
+    assert {(row[0], row[1]): int(row[2]) for row in rows} == Counter(
+        (f["client_sni"] or "(none)", f["error"]) for f in failures
+    )
+    assert [int(row[2]) for row in rows] == sorted((int(row[2]) for row in rows), reverse=True)
+    assert all(row[4] == "198.51.100.9" for row in rows)  # the last client of each group
+    assert "client_tls" not in out.split("last errors, newest first")[1]  # not request errors
+
+
+def test_https_share_per_domain_counts_old_lines_as_http(
+    log: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A line without `scheme` (an older edge) is plain HTTP; each row has its own share."""
+    write(
+        log,
+        [
+            old_line(1, domain="a.test"),  # written before HTTPS for clients: no scheme
+            with_client_fields(line(2, domain="a.test"), "http"),
+            https_line(3, domain="a.test"),
+            https_line(4, domain="a.test"),
+            https_line(5, domain="b.test"),
+            handshake_failure(6, "client_tls_failed", None, "no shared cipher"),
+        ],
+    )
+    assert main(["tail", "--once", str(log)]) == 0
+    out = capsys.readouterr().out
+    rows = once_table(out)
+    assert {domain: row["https_%"] for domain, row in rows.items()} == {
+        "a.test": 50.0,
+        "b.test": 100.0,
+        "_total": 60.0,
+    }
+    assert rows["_total"]["requests"] == 5
+    assert "https 60.0 % of requests (3 of 5)" in out
+    assert section(out, "client TLS handshake failures")[0][:3] == [
+        "(none)",
+        "client_tls_failed",
+        "1",
+    ]
+
+
+def test_a_log_from_before_https_shows_no_https_and_no_handshake_section(
+    log: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only old lines: 0.0 % https, every row 0.0, and no client handshake section at all."""
+    write(log, [old_line(i, domain="a.test") for i in range(3)])
+    assert main(["tail", "--once", str(log)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"edgenode tail {log}: 3 records, 0 unparsable\n")
+    assert "https 0.0 % of requests (0 of 3)" in out
+    assert {row["https_%"] for row in once_table(out).values()} == {0.0}
+    assert "handshake" not in out
+
+
+def test_json_prints_handshake_failures_only_when_no_filter_is_given(
+    log: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json prints failed handshakes among the requests; --domain (even _unknown) and
+    --status leave them out, as they have neither a domain nor a status."""
+    lines = with_handshake_failures(mixed_log(200))
+    write(log, lines)
+    assert main(["tail", "--once", "--json", str(log)]) == 0
+    assert capsys.readouterr().out.encode() == b"".join(lines)
+
+    requests = [json.loads(raw) for raw in lines]
+    assert main(["tail", "--once", "--json", "--domain", "_unknown", str(log)]) == 0
+    unknown = [
+        raw for raw, r in zip(lines, requests, strict=True) if r["request_id"] and not r["domain"]
+    ]
+    assert unknown
+    assert capsys.readouterr().out.encode() == b"".join(unknown)
+
+    assert main(["tail", "--once", "--json", "--status", "5xx", str(log)]) == 0
+    failed = [raw for raw, r in zip(lines, requests, strict=True) if (r["status"] or 0) >= 500]
+    assert capsys.readouterr().out.encode() == b"".join(failed)
+
+
+def test_a_filtered_summary_leaves_out_handshake_failures(
+    log: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --status, failed handshakes are among the "other records", not in a section."""
+    lines = with_handshake_failures([https_line(i, domain="a.test") for i in range(14)])
+    write(log, lines)
+    assert main(["tail", "--once", "--status", "2xx", str(log)]) == 0
+    out = capsys.readouterr().out
+    assert "14 records, filter: status 2xx (2 other records)" in out
+    assert "https 100.0 % of requests (14 of 14)" in out
+    assert "handshake" not in out
+
+
+def test_live_view_shows_https_share_and_handshake_failures_per_second(log: Path) -> None:
+    """The live view has an https % column, the share of the total, failed client handshakes
+    per second, and their section by (sni, error)."""
+    log.touch()
+    follower = Follower(log)
+    follower.open()
+    summary = LogSummary()
+    rates = Rates()
+    feed = [https_line(1, domain="a.test"), old_line(2, domain="a.test")]
+    feed += [https_line(3, domain="b.test"), handshake_failure(4, "client_tls_failed", None)]
+    feed += [with_client_fields(line(5, domain="b.test"), "http")]
+    for raw in feed:
+        summary.add(json.loads(raw), now=0.0)
+    rates.update(0.0, summary.snapshot(0.0))
+    for i in range(5):
+        sni = "evil.example" if i % 2 else None
+        summary.add(json.loads(handshake_failure(10 + i, "client_tls_unknown_sni", sni)), now=1.0)
+    snap = summary.snapshot(1.0)
+    frame = live_view(log, snap, rates.update(1.0, snap), Tail(follower, RecordFilter(), summary))
+    console = Console(file=io.StringIO(), width=160)
+    console.print(frame)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    lines = [row.rstrip() for row in text.splitlines()]
+    assert "10 records (6 client TLS handshake failures)" in lines[0]
+    assert lines[1] == (
+        "https 50.0 % of requests (2 of 4), client TLS handshake failures 5.0/s (5.0/s over 10s)"
+    )
+    header = next(row for row in lines if row.startswith("domain"))
+    assert "https %" in header
+    total = next(row for row in lines if row.startswith("_total")).split()
+    assert total[3:5] == ["4", "50.0"]  # requests, https %: the handshakes are no requests
+    title = "client TLS handshake failures by (sni, error): 6 "
+    title += "(client_tls_unknown_sni 5, client_tls_failed 1)"
+    assert title in lines
+    groups = [row.split()[:3] for row in lines[lines.index(title) + 3 :] if row.strip()]
+    assert groups == [
+        ["(none)", "client_tls_unknown_sni", "3"],
+        ["evil.example", "client_tls_unknown_sni", "2"],
+        ["(none)", "client_tls_failed", "1"],
+    ]
+
+
+def test_client_sni_groups_are_bounded_and_every_failure_counted(
+    log: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Random SNIs from scanners: at most MAX_CLIENT_TLS_GROUPS names are kept, the rest
+    count under "(other names)", totals stay exact, and --once shows the top groups."""
+    n = MAX_CLIENT_TLS_GROUPS + 200
+    write(
+        log,
+        [handshake_failure(i, "client_tls_unknown_sni", f"r{i}.scan.example") for i in range(n)],
+    )
+    assert main(["tail", "--once", str(log)]) == 0
+    out = capsys.readouterr().out
+    title = f"client TLS handshake failures by (sni, error): {n:,} (client_tls_unknown_sni {n:,})"
+    assert title in out.splitlines()
+    rows = section(out, title)
+    assert rows[0][:4] == ["(other", "names)", "client_tls_unknown_sni", "200"]
+    assert len(rows) == 11
+    assert rows[-1] == ["…", f"{MAX_CLIENT_TLS_GROUPS + 1 - 10}", "more"]
+    summary = LogSummary()
+    for i in range(n):
+        summary.add(json.loads(handshake_failure(i, "client_tls_failed", f"r{i}.scan.example")))
+    groups = summary.snapshot().client_tls.groups
+    assert len(groups) == MAX_CLIENT_TLS_GROUPS + 1
+    assert sum(group.count for group in groups) == n
+
+
+def test_a_client_sni_is_shown_as_text_never_as_markup_or_terminal_codes(
+    log: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Whatever SNI a client sends is printed as written, control characters escaped."""
+    sni = "[/x][bold]\x1b[2J.example"
+    write(log, [handshake_failure(1, "client_tls_unknown_sni", sni, "no certificate covers [/x]")])
+    assert main(["tail", "--once", str(log)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    assert "[/x][bold]\\x1b[2J.example" in out
+    assert "no certificate covers [/x]" in out
 
 
 # --- damaged input ---------------------------------------------------------------------------

@@ -7,9 +7,10 @@ One module per layer, each usable alone:
   inotify and works on any filesystem. A line is handed out only once its "\\n" has
   been written; a torn last line is held until it is completed.
 - `summary.LogSummary` is the pure core: `add(record, now)` for each parsed record,
-  `snapshot(now)` for plain data (counts, nearest-rank percentiles, origin failures,
-  the last errors). Every structure in it is bounded, so memory stays flat however
-  long it runs; `summary.Rates` turns successive snapshots into requests/s and bytes/s.
+  `snapshot(now)` for plain data (counts, the https share, nearest-rank percentiles,
+  origin failures, failed client TLS handshakes, the last errors). Every structure in
+  it is bounded, so memory stays flat however long it runs; `summary.Rates` turns
+  successive snapshots into requests/s and bytes/s.
 - `filters` holds `--domain` and `--status`; `engine.Tail` feeds each line through
   them into the summary (or, for `--json`, a sink), and `engine.follow` is the poll loop.
 - `view` renders: a `rich` live view refreshed every second, the static summary of

@@ -24,7 +24,10 @@ def add_tail_command(subcommands: argparse._SubParsersAction[argparse.ArgumentPa
         description=(
             "Follow an access log (JSON Lines) across rotation and truncation and show a "
             "live view refreshed every second, or with --once summarise the file as it is "
-            "and exit. Exit 2 if the file cannot be read."
+            "and exit. Besides requests it shows the share that came over HTTPS and the "
+            "failed client TLS handshakes (lines with error client_tls_*), which are not "
+            "requests: they count in no domain row, status class, latency or requests/s. "
+            "Exit 2 if the file cannot be read."
         ),
     )
     tail.add_argument("path", metavar="PATH", help="the access log, e.g. logs/access.log")
@@ -37,20 +40,23 @@ def add_tail_command(subcommands: argparse._SubParsersAction[argparse.ArgumentPa
     tail.add_argument(
         "--json",
         action="store_true",
-        help="print the matching lines themselves, one per line, instead of the view",
+        help="print the matching lines themselves, one per line, instead of the view; "
+        "failed client TLS handshakes are included unless --domain or --status is given",
     )
     tail.add_argument(
         "--domain",
         action="append",
         type=parse_domain_filter,
         metavar="D",
-        help=f"only this domain (repeatable; {UNKNOWN_DOMAIN} = requests for unknown hosts)",
+        help=f"only this domain (repeatable; {UNKNOWN_DOMAIN} = requests for unknown hosts); "
+        "leaves out failed client TLS handshakes, which have no domain",
     )
     tail.add_argument(
         "--status",
         type=parse_status_filter,
         metavar="S",
-        help="only these statuses: a class (5xx), a code (502), or a comma-separated list",
+        help="only these statuses: a class (5xx), a code (502), or a comma-separated list; "
+        "leaves out failed client TLS handshakes, which have no status",
     )
     tail.set_defaults(run=run_tail)
 

@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 
 from edgenode.hostnames import normalize_hostname
-from edgenode.tools.tail.summary import UNKNOWN_DOMAIN
+from edgenode.tools.tail.summary import UNKNOWN_DOMAIN, is_client_tls_failure
 
 
 @attrs.frozen
@@ -54,12 +54,18 @@ def parse_domain_filter(text: str) -> str:
 
 @attrs.frozen
 class RecordFilter:
-    """Which records the tool shows: all of them unless --domain / --status narrow it."""
+    """Which records the tool shows: all of them unless --domain / --status narrow it.
+
+    A failed client handshake has no domain and no status, so either filter leaves it
+    out (`--domain _unknown` names requests for unknown hosts, not handshakes).
+    """
 
     domains: frozenset[str] = frozenset()
     status: StatusFilter | None = None
 
     def __call__(self, record: dict[str, Any]) -> bool:
+        if (self.domains or self.status is not None) and is_client_tls_failure(record):
+            return False
         if self.domains:
             domain = record.get("domain")
             if (domain if isinstance(domain, str) else UNKNOWN_DOMAIN) not in self.domains:

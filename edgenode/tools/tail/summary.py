@@ -1,4 +1,11 @@
-"""The pure core of tail: bounded counts, nearest-rank percentiles and rates per domain."""
+"""The pure core of tail: bounded counts, nearest-rank percentiles and rates per domain.
+
+Two kinds of line share the access log (SPEC §6, §8): one per request, and one per
+client TLS handshake that failed on the HTTPS listener (`error` is `client_tls_*`, no
+request id, method or status). The second kind is not a request: it never reaches the
+per-domain rows, status classes, latencies or requests/s, and is counted on its own by
+the SNI the client sent.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +19,33 @@ import attrs
 UNKNOWN_DOMAIN: Final = "_unknown"  # rows for records whose `domain` is null (unknown hosts)
 OTHER_DOMAINS: Final = "_other"  # where domains beyond MAX_DOMAINS are counted
 TOTAL: Final = "_total"
+# The key of the client handshake-failure count in `Rates` (not a domain: names never
+# start with "_" except the reserved rows above).
+CLIENT_TLS_FAILURES: Final = "_client_tls_failures"
+CLIENT_TLS_ERROR_PREFIX: Final = "client_tls_"  # client_tls_failed, client_tls_unknown_sni
 
 LATENCY_SAMPLES: Final = 10_000  # percentile window per domain (and for the total) ...
 LATENCY_SECONDS: Final = 60.0  # ... and, when following, at most this old
 RATE_WINDOW_SECONDS: Final = 10.0  # the sliding window of the second requests/s column
 MAX_DOMAINS: Final = 256  # rows kept; bounds memory if a log holds very many domains
 MAX_FAILURE_GROUPS: Final = 1_000
+# Client SNI values are chosen by whoever connects (scanners send random names), so the
+# groups are capped; failures beyond the cap are still counted, under `other`.
+MAX_CLIENT_TLS_GROUPS: Final = 1_000
 RECENT_ERRORS: Final = 10
 PERCENTILES: Final = (50, 95, 99)
 STATUS_CLASSES: Final = ("2xx", "3xx", "4xx", "5xx")
+
+
+def is_client_tls_failure(record: dict[str, Any]) -> bool:
+    """A failed client TLS handshake (SPEC §8), not a request: its error is client_tls_*."""
+    error = record.get("error")
+    return isinstance(error, str) and error.startswith(CLIENT_TLS_ERROR_PREFIX)
+
+
+def is_https(record: dict[str, Any]) -> bool:
+    """The request came over the HTTPS listener; lines older than SPEC §8 have no scheme."""
+    return record.get("scheme") == "https"
 
 
 def nearest_rank(sorted_values: Sequence[float], percentile: int) -> float | None:
@@ -63,10 +88,11 @@ class LatencyWindow:
 class _Counts:
     """Running totals for one row (a domain, or all of them)."""
 
-    __slots__ = ("bytes", "classes", "latency", "requests")
+    __slots__ = ("bytes", "classes", "https", "latency", "requests")
 
     def __init__(self, latency_samples: int) -> None:
         self.requests = 0
+        self.https = 0  # requests that came over TLS from the client
         self.classes = [0, 0, 0, 0, 0, 0]  # index status // 100 for 1xx..5xx; 0 = no status
         self.bytes = 0
         self.latency = LatencyWindow(latency_samples)
@@ -87,11 +113,19 @@ class DomainStats:
     p95_ms: float | None
     p99_ms: float | None
     latency_samples: int  # how many durations the percentiles were taken over
+    https: int = 0  # requests that came over HTTPS
+
+    @property
+    def https_percent(self) -> float | None:
+        """The share of requests that came over HTTPS, in percent; None without requests."""
+        return 100 * self.https / self.requests if self.requests else None
 
     def column(self, name: str) -> object:
         """The value of a column of the --once table (`view.ONCE_COLUMNS`), by its name."""
         if name in STATUS_CLASSES:
             return getattr(self, f"status_{name}")
+        if name == "https_%":
+            return self.https_percent
         return self.bytes_sent if name == "bytes" else getattr(self, name)
 
 
@@ -106,6 +140,70 @@ class FailureGroup:
     count: int
     last_ts: str | None
     last_detail: str | None
+
+
+@attrs.frozen
+class ClientTlsGroup:
+    """Failed client handshakes sharing (client SNI, error); `other`: SNIs beyond the cap."""
+
+    sni: str | None  # None: the client sent no SNI (or `other` is set)
+    error: str
+    count: int
+    last_ts: str | None
+    last_client: str | None
+    last_detail: str | None
+    other: bool = False
+
+
+@attrs.frozen
+class ClientTlsFailures:
+    """Every failed client TLS handshake counted: in total, by error, by (SNI, error)."""
+
+    total: int = 0
+    by_error: tuple[tuple[str, int], ...] = ()  # most frequent first
+    groups: tuple[ClientTlsGroup, ...] = ()  # most frequent first
+
+
+class _ClientTlsCounts:
+    """The running counts behind `ClientTlsFailures`, bounded by MAX_CLIENT_TLS_GROUPS."""
+
+    def __init__(self, max_groups: int = MAX_CLIENT_TLS_GROUPS) -> None:
+        self.max_groups = max_groups
+        self.total = 0
+        self.by_error: collections.Counter[str] = collections.Counter()
+        # (sni, error, other) -> [count, last ts, last client, last detail]
+        self.groups: dict[tuple[str | None, str, bool], list[Any]] = {}
+
+    def add(self, record: dict[str, Any]) -> None:
+        error = str(record["error"])
+        sni = record.get("client_sni")
+        key = (sni if isinstance(sni, str) else None, error, False)
+        group = self.groups.get(key)
+        if group is None:
+            if len(self.groups) >= self.max_groups:
+                key = (None, error, True)
+                group = self.groups.get(key)
+            if group is None:
+                group = self.groups[key] = [0, None, None, None]
+        self.total += 1
+        self.by_error[error] += 1
+        group[0] += 1
+        group[1] = _text(record.get("ts"))
+        group[2] = _text(record.get("client"))
+        group[3] = _text(record.get("error_detail"))
+
+    def snapshot(self) -> ClientTlsFailures:
+        groups = [
+            ClientTlsGroup(sni, error, count, ts, client, detail, other=other)
+            for (sni, error, other), (count, ts, client, detail) in self.groups.items()
+        ]
+        groups.sort(key=lambda g: (-g.count, g.other, g.sni or "", g.error))
+        by_error = sorted(self.by_error.items(), key=lambda item: (-item[1], item[0]))
+        return ClientTlsFailures(self.total, tuple(by_error), tuple(groups))
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 @attrs.frozen
@@ -128,9 +226,10 @@ class Snapshot:
     domains: tuple[DomainStats, ...]  # most requests first, then by name
     failures: tuple[FailureGroup, ...]  # most frequent first
     recent_errors: tuple[RecentError, ...]  # newest last
-    records: int
+    records: int  # requests and failed client handshakes
     unparsable: int
     skipped: int  # parsed, but outside the filters
+    client_tls: ClientTlsFailures = ClientTlsFailures()
 
 
 class LogSummary:
@@ -150,6 +249,7 @@ class LogSummary:
         self.domains: dict[str, _Counts] = {}
         self.failures: dict[tuple[str, str | None, str | None, str], list[Any]] = {}
         self.recent: collections.deque[RecentError] = collections.deque(maxlen=RECENT_ERRORS)
+        self.client_tls = _ClientTlsCounts()
         self.records = 0
         self.unparsable = 0  # lines that are not access-log records (counted by the caller)
         self.skipped = 0  # records outside the filters (counted by the caller)
@@ -157,6 +257,9 @@ class LogSummary:
     def add(self, record: dict[str, Any], now: float = 0.0) -> None:
         """Count one parsed record, seen at `now` (seconds, any monotonic clock)."""
         self.records += 1
+        if is_client_tls_failure(record):
+            self.client_tls.add(record)  # not a request: no row, class, latency or rate
+            return
         domain = record.get("domain")
         if not isinstance(domain, str):
             domain = UNKNOWN_DOMAIN
@@ -171,10 +274,12 @@ class LogSummary:
         cls = status // 100 if type(status) is int and 100 <= status <= 599 else 0
         sent = record.get("bytes_sent")
         sent = sent if type(sent) is int else 0
+        https = 1 if is_https(record) else 0
         for row in (counts, self.total):
             row.requests += 1
             row.classes[cls] += 1
             row.bytes += sent
+            row.https += https
         duration = record.get("duration_ms")
         if type(duration) is float or type(duration) is int:
             counts.latency.add(duration, now)
@@ -232,6 +337,7 @@ class LogSummary:
             records=self.records,
             unparsable=self.unparsable,
             skipped=self.skipped,
+            client_tls=self.client_tls.snapshot(),
         )
 
     @staticmethod
@@ -251,6 +357,7 @@ class LogSummary:
             p95_ms=p95,
             p99_ms=p99,
             latency_samples=len(durations),
+            https=counts.https,
         )
 
 
@@ -274,9 +381,14 @@ class Rates:
         )
 
     def update(self, now: float, snapshot: Snapshot) -> dict[str, Rate]:
-        """Record `snapshot` taken at `now`; return the rates per domain and for TOTAL."""
+        """Record `snapshot` taken at `now`; return the rates per domain and for TOTAL.
+
+        Failed client handshakes are rated under CLIENT_TLS_FAILURES (as `requests_*`,
+        their bytes 0), so the view can show them per second like requests.
+        """
         totals = {row.domain: (row.requests, row.bytes_sent) for row in snapshot.domains}
         totals[TOTAL] = (snapshot.total.requests, snapshot.total.bytes_sent)
+        totals[CLIENT_TLS_FAILURES] = (snapshot.client_tls.total, 0)
         previous = self.history[-1] if self.history else None
         self.history.append((now, totals))
         while len(self.history) > 2 and self.history[1][0] <= now - self.window:

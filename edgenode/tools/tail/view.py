@@ -19,6 +19,7 @@ from rich.text import Text
 from edgenode.tools.tail.engine import Tail, follow
 from edgenode.tools.tail.filters import RecordFilter
 from edgenode.tools.tail.summary import (
+    CLIENT_TLS_FAILURES,
     PERCENTILES,
     RATE_WINDOW_SECONDS,
     STATUS_CLASSES,
@@ -35,11 +36,21 @@ ONCE_COLUMNS: Final = (
     *STATUS_CLASSES,
     *(f"p{p}_ms" for p in PERCENTILES),
     "bytes",
+    "https_%",  # last, so scripts that read the columns before it by position still work
 )
+CLIENT_TLS_ROWS: Final = 10  # (sni, error) groups shown; client SNIs can be many and random
 
 
-def _ms(value: float | None) -> str:
+def _tenths(value: float | None) -> str:
+    """Milliseconds and percentages: one decimal, "-" when there is nothing to show."""
     return "-" if value is None else f"{value:.1f}"
+
+
+def _printable(text: str) -> str:
+    """`text` with control characters escaped: a client's SNI must not drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _rate(value: float) -> str:
@@ -64,12 +75,29 @@ def _status_style(cls: str) -> str:
 
 def _summary_line(path: Path, snap: Snapshot, record_filter: RecordFilter, extra: str = "") -> str:
     parts = [f"{snap.records:,} records"]
+    if snap.client_tls.total:  # records that are not requests, so the _total row differs
+        parts[0] += f" ({_count(snap.client_tls.total, 'client TLS handshake failure')})"
     if record_filter.describe():
         parts.append(f"filter: {record_filter.describe()} ({snap.skipped:,} other records)")
     parts.append(f"{snap.unparsable:,} unparsable")
     if extra:
         parts.append(extra)
     return f"{PROG} tail {path}: " + ", ".join(parts)
+
+
+def https_line(snap: Snapshot, rates: dict[str, Rate] | None = None) -> str:
+    """'https 63.2 % of requests (379 of 600)'; live, also failed client handshakes per second."""
+    total = snap.total
+    share = "-" if total.https_percent is None else f"{total.https_percent:.1f} %"
+    text = f"https {share} of requests ({total.https:,} of {total.requests:,})"
+    failures = rates.get(CLIENT_TLS_FAILURES) if rates is not None else None
+    if failures is not None and snap.client_tls.total:
+        window = f"{RATE_WINDOW_SECONDS:.0f}s"
+        text += (
+            f", client TLS handshake failures {_rate(failures.requests_now)}/s"
+            f" ({_rate(failures.requests_window)}/s over {window})"
+        )
+    return text
 
 
 def once_table(snap: Snapshot) -> Table:
@@ -81,8 +109,8 @@ def once_table(snap: Snapshot) -> Table:
 
 def _once_cell(row: DomainStats, name: str) -> str:
     value = row.column(name)
-    if name.endswith("_ms"):
-        return _ms(value)  # type: ignore[arg-type]
+    if name.endswith(("_ms", "_%")):
+        return _tenths(value)  # type: ignore[arg-type]
     return str(value)
 
 
@@ -114,6 +142,8 @@ def _table(
     column at its `shortest`; flexible columns then widen, in order, into what is left
     (ending in "…" when cut).
     """
+    rows = [[_cell(value) for value in row] for row in rows]
+    footer = [_cell(value) for value in footer] if footer is not None else None
     keep = list(range(len(columns)))
     limits: dict[int, int] = {}
     if width is not None:
@@ -143,9 +173,9 @@ def _table(
                 limits[i] -= cut
                 spare += cut
     table = Table(
-        title=title,
+        # Text, not markup: a title may carry values read from the log.
+        title=Text(title, style="bold") if title is not None else None,
         title_justify="left",
-        title_style="bold",
         box=box.SIMPLE if footer is not None else box.SIMPLE_HEAD,
         show_edge=False,
         pad_edge=False,
@@ -166,6 +196,12 @@ def _table(
     for row in rows:
         table.add_row(*(row[i] if i < len(row) else "" for i in keep))
     return table
+
+
+def _cell(value: Cell) -> Text:
+    """A cell as plain text: log values (an SNI, an error detail) are never rich markup,
+    so "[/x]" in one is shown as written instead of raising MarkupError."""
+    return Text(_printable(value)) if isinstance(value, str) else value
 
 
 def failures_table(snap: Snapshot, *, limit: int | None = None, width: int | None = None) -> Table:
@@ -193,6 +229,42 @@ def failures_table(snap: Snapshot, *, limit: int | None = None, width: int | Non
     ]
     title = "origin failures by (domain, origin, sni, error)"
     return _table(columns, rows, title=title, width=width)
+
+
+def client_tls_section(
+    snap: Snapshot, *, limit: int = CLIENT_TLS_ROWS, width: int | None = None
+) -> RenderableType:
+    """Failed client TLS handshakes by (client SNI, error), most frequent first.
+
+    The heading carries the exact totals by error; the rows are the `limit` largest
+    groups. The heading is a line of its own, not the table's title, so that it is not
+    wrapped to the width of a narrow table.
+    """
+    failures = snap.client_tls
+    columns = [
+        _Column("sni", flexible=True, shortest=20),
+        _Column("error"),
+        _Column("count", right=True),
+        _Column("last", drop=2),
+        _Column("client", drop=3),
+        _Column("detail", flexible=True, drop=1, shortest=20),
+    ]
+    rows: list[list[Cell]] = [
+        [
+            "(other names)" if group.other else group.sni or "(none)",  # (none): no SNI sent
+            Text(group.error, style="red"),
+            f"{group.count:,}",
+            _when(group.last_ts, short=width is not None),
+            group.last_client or "-",
+            group.last_detail or "",
+        ]
+        for group in failures.groups[:limit]
+    ]
+    if len(failures.groups) > limit:
+        rows.append([f"… {len(failures.groups) - limit} more"])
+    by_error = ", ".join(f"{error} {count:,}" for error, count in failures.by_error)
+    heading = f"client TLS handshake failures by (sni, error): {failures.total:,} ({by_error})"
+    return Group(Text(heading, style="bold"), _table(columns, rows, width=width))
 
 
 def errors_table(snap: Snapshot, *, width: int | None = None) -> Table:
@@ -233,10 +305,16 @@ def print_once(out: IO[str], path: Path, snap: Snapshot, tail: Tail) -> None:
     trailing spaces are stripped, so the text is stable for scripts and tests.
     """
     extra = "1 incomplete last line (not counted)" if tail.follower.pending_bytes else ""
-    parts: list[RenderableType] = [Text(_summary_line(path, snap, tail.filter, extra)), Text("")]
+    parts: list[RenderableType] = [
+        Text(_summary_line(path, snap, tail.filter, extra)),
+        Text(https_line(snap)),
+        Text(""),
+    ]
     parts.append(once_table(snap))
     if snap.failures:
         parts += [Text(""), failures_table(snap)]
+    if snap.client_tls.total:
+        parts += [Text(""), client_tls_section(snap)]
     if snap.recent_errors:
         parts += [Text(""), errors_table(snap)]
     colour = out.isatty()
@@ -273,17 +351,18 @@ def live_view(
     columns = [
         _Column("domain", flexible=True, shortest=12),
         _Column("req/s", right=True),
-        _Column(f"req/s {window}", right=True, drop=7),
+        _Column(f"req/s {window}", right=True, drop=8),
         _Column("requests", right=True),
+        _Column("https %", right=True, drop=6),
         _Column("2xx", right=True, drop=5),
-        _Column("3xx", right=True, drop=8),
+        _Column("3xx", right=True, drop=9),
         _Column("4xx", right=True, drop=2),
         _Column("5xx", right=True),
         _Column("p50 ms", right=True, drop=3),
-        _Column("p95 ms", right=True, drop=6),
+        _Column("p95 ms", right=True, drop=7),
         _Column("p99 ms", right=True),
         _Column("bytes/s", right=True, drop=4),
-        _Column(f"bytes/s {window}", right=True, drop=9),
+        _Column(f"bytes/s {window}", right=True, drop=10),
     ]
     zero = Rate(0.0, 0.0, 0.0, 0.0)
 
@@ -294,13 +373,14 @@ def live_view(
             _rate(rate.requests_now),
             _rate(rate.requests_window),
             f"{row.requests:,}",
+            _tenths(row.https_percent),
             f"{row.status_2xx:,}",
             f"{row.status_3xx:,}",
             f"{row.status_4xx:,}",
             f"{row.status_5xx:,}",
-            _ms(row.p50_ms),
-            _ms(row.p95_ms),
-            _ms(row.p99_ms),
+            _tenths(row.p50_ms),
+            _tenths(row.p95_ms),
+            _tenths(row.p99_ms),
             _bytes(rate.bytes_now),
             _bytes(rate.bytes_window),
         ]
@@ -309,9 +389,11 @@ def live_view(
     if len(snap.domains) > max_rows:
         rows.append([f"… {len(snap.domains) - max_rows} more"])
     traffic = _table(columns, rows, footer=cells(snap.total), width=width)
-    parts: list[RenderableType] = [header, traffic]
+    parts: list[RenderableType] = [header, Text(https_line(snap, rates)), traffic]
     if snap.failures:
         parts.append(failures_table(snap, limit=8, width=width))
+    if snap.client_tls.total:
+        parts.append(client_tls_section(snap, limit=8, width=width))
     if snap.recent_errors:
         parts.append(errors_table(snap, width=width))
     return Group(*parts)
