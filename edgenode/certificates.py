@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -125,17 +125,15 @@ def read_certificate(
     )
 
 
-def expiry_warnings(
-    certificates: Iterable[EdgeCertificate], *, now: float | None = None
-) -> list[str]:
-    """One line per certificate that expires within EXPIRY_WARNING (not an error yet)."""
+def expiry_warning(cert: EdgeCertificate, *, now: float | None = None) -> str | None:
+    """Why `cert` needs renewing soon, if it expires within EXPIRY_WARNING (not an error yet)."""
     now = time.time() if now is None else now
-    return [
-        f"{cert.cert_file}: expires on {_day(cert.not_after)}, in "
-        f"{(cert.not_after - now) / 86400:.1f} days ({', '.join(cert.names)})"
-        for cert in certificates
-        if cert.not_after - now < EXPIRY_WARNING
-    ]
+    if cert.not_after - now >= EXPIRY_WARNING:
+        return None
+    return (
+        f"{cert.cert_file} expires on {_day(cert.not_after)}, in "
+        f"{(cert.not_after - now) / 86400:.1f} days ({', '.join(cert.names)}); renew it"
+    )
 
 
 def select(certificates: Sequence[EdgeCertificate], sni: str | None) -> EdgeCertificate | None:

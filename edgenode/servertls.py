@@ -38,7 +38,7 @@ from types import TracebackType
 from typing import Final, Literal
 
 import attrs
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 
 from edgenode.certificates import EdgeCertificate, select
 
@@ -116,10 +116,10 @@ class ServerTLS:
             SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE
         )
         ctx.set_cipher_list(TLS12_CIPHERS)
-        ctx.use_certificate(crypto.X509.from_cryptography(cert.leaf))
+        ctx.use_certificate(cert.leaf)
         for intermediate in cert.chain:
-            ctx.add_extra_chain_cert(crypto.X509.from_cryptography(intermediate))
-        ctx.use_privatekey(crypto.PKey.from_cryptography_key(cert.key))
+            ctx.add_extra_chain_cert(intermediate)
+        ctx.use_privatekey(cert.key)
         ctx.check_privatekey()
         ctx.set_session_id(_SESSION_ID_CONTEXT)
         ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)

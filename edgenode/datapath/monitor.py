@@ -42,7 +42,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from edgenode.accesslog import AccessRecord
-from edgenode.certificates import EdgeCertificate
+from edgenode.certificates import EdgeCertificate, expiry_warning
 from edgenode.datapath.pool import OriginPool
 from edgenode.errors import ErrorCode, OriginError
 from edgenode.routes import OriginRoute, server_label
@@ -317,6 +317,9 @@ class Monitor:
         self.certificate_expiry.clear()
         for cert in certificates:
             self.certificate_expiry.labels(cert.label).set(cert.not_after)
+            warning = expiry_warning(cert, now=self.clock.seconds())
+            if warning is not None:
+                log.warn("certificate offered to clients: {warning}", warning=warning)
 
     def connection_used(
         self, domain: str, route: OriginRoute, *, reused: bool, peer: CertFacts | None

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from edgenode.certificates import expiry_warning
 from edgenode.config import Config, load_config
 from edgenode.endpoints import parse_server_endpoint
 from edgenode.errors import ConfigError
@@ -73,6 +74,10 @@ def run_check(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return ExitCode.FAILED
+    for i, cert in enumerate(config.tls.certificates):
+        warning = expiry_warning(cert)
+        if warning is not None:
+            print(f"{PROG}: warning: tls.certificates[{i}].cert_file: {warning}", file=sys.stderr)
     print(f"{PROG}: {args.config} is valid: {summarize(config)}")
     return ExitCode.OK
 
@@ -81,9 +86,13 @@ def summarize(config: Config) -> str:
     """E.g. '3 domains, 5 origins, listen tcp:8080, admin tcp:8081:interface=127.0.0.1'."""
     domains = len(config.domains)
     origins = sum(len(domain.origins) for domain in config.domains.values())
+    https = ""
+    if config.listen_tls is not None:
+        certificates = _count(len(config.tls.certificates), "certificate")
+        https = f", listen_tls {config.listen_tls} ({certificates})"
     return (
         f"{_count(domains, 'domain')}, {_count(origins, 'origin')}, "
-        f"listen {config.listen}, admin {config.admin.listen}"
+        f"listen {config.listen}{https}, admin {config.admin.listen}"
     )
 
 
