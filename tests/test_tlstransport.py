@@ -28,9 +28,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from edgenode.datapath.headers import Headers
-from edgenode.datapath.tlstransport import TLSTransport
 from edgenode.datapath.pool import OriginPool
 from edgenode.datapath.socketwriter import HIGH_WATER
+from edgenode.datapath.tlstransport import TLSTransport
 from edgenode.datapath.upstream import UpstreamConnection
 from edgenode.errors import ErrorCode, OriginError
 from edgenode.routes import OriginRoute
