@@ -1,4 +1,5 @@
-"""The demo (SPEC §7): a throw-away CA, one local TLS origin with a certificate per SNI, its config.
+"""The demo (SPEC §7, §8): a throw-away CA, one local TLS origin with a certificate per SNI,
+the edge's own certificate, its config.
 
 `twistd -n edgenode --demo` runs the production `EdgeService` on a `Config` built by
 `config_from_mapping`, the same validation a YAML file goes through; only the origin is
@@ -9,15 +10,20 @@ added. The origin listens on 127.0.0.1 (an ephemeral port) and presents:
   `default.demo.test`, as most servers do.
 
 Every vhost answers any request with one line naming the vhost, its certificate and the
-SNI it was reached with. Everything (certificates, admin token, access log) lives in one
-temporary directory, removed when the demo stops. The origin is a small twisted.web site:
-it is not the data path.
+SNI it was reached with. The edge listens for HTTP and, on `listen_tls` (127.0.0.1:8443 by
+default), for HTTPS with one demo-CA certificate naming all three of its domains; the
+announcement's curl trusts that CA with `--cacert` and reaches the names with `--resolve`.
+Everything (certificates, the edge's key, admin token, access log) lives in one temporary
+directory, removed when the demo stops. The origin is a small twisted.web site: it is not
+the data path.
 """
 
 from __future__ import annotations
 
 import atexit
 import datetime
+import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -48,12 +54,14 @@ from edgenode.reactors import IEdgeReactor
 log = Logger()
 
 DEMO_LISTEN = "tcp:8080:interface=127.0.0.1"
+DEMO_LISTEN_TLS = "tcp:8443:interface=127.0.0.1"
 DEMO_ADMIN_LISTEN = "tcp:8081:interface=127.0.0.1"
 LOOPBACK = "127.0.0.1"
 
 VHOSTS = ("a.demo.test", "b.demo.test")  # names the origin has a certificate for, by SNI
 DEFAULT_VHOST = "default.demo.test"  # the certificate for handshakes without SNI
 NO_SNI_DOMAIN = "nosni.demo.test"  # the edge domain with origin SNI off
+EDGE_DOMAINS = (*VHOSTS, NO_SNI_DOMAIN)  # the edge's domains, all named by its certificate
 
 _VALIDITY = datetime.timedelta(days=30)
 
@@ -72,16 +80,22 @@ class Leaf:
 
 @attrs.frozen
 class DemoPKI:
-    """The throw-away CA (written to `ca_file`, which the edge trusts) and the origin's leaves."""
+    """The throw-away CA (written to `ca_file`: the edge trusts it for the origin, and curl
+    for the edge), the origin's leaves, and the edge's own certificate and key files."""
 
     ca_file: Path
     leaves: Mapping[str, Leaf]  # by DNS name: the SNI vhosts and the default
+    edge_cert_file: Path  # one leaf for every name in EDGE_DOMAINS (SPEC §8)
+    edge_key_file: Path
 
 
 def make_pki(directory: Path) -> DemoPKI:
-    """A new CA and one leaf per vhost plus the default; certificates written as PEM files.
+    """A new CA, one origin leaf per vhost plus the default, and the edge's leaf for all its
+    domains; certificates written as PEM files.
 
-    EC P-256 keys: generating them takes milliseconds. The private keys never touch the disk.
+    EC P-256 keys: generating them takes milliseconds. The origin's private keys never touch
+    the disk; the edge's is written (mode 0600), because the config reads certificates from
+    files.
     """
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -105,26 +119,59 @@ def make_pki(directory: Path) -> DemoPKI:
 
     leaves = {}
     for name in (*VHOSTS, DEFAULT_VHOST):
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        cert = (
-            _builder(subject, ca_name, key.public_key(), now)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(ca=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                critical=False,
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
+        cert, key = _leaf((name,), ca_name, ca_key, now)
         (directory / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         leaves[name] = Leaf(name, cert, key)
-    return DemoPKI(ca_file=ca_file, leaves=leaves)
+
+    edge_cert, edge_key = _leaf(EDGE_DOMAINS, ca_name, ca_key, now)
+    edge_cert_file = directory / "edge.pem"
+    edge_cert_file.write_bytes(edge_cert.public_bytes(serialization.Encoding.PEM))
+    edge_key_file = directory / "edge.key"
+    _write_private(
+        edge_key_file,
+        edge_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    return DemoPKI(
+        ca_file=ca_file, leaves=leaves, edge_cert_file=edge_cert_file, edge_key_file=edge_key_file
+    )
+
+
+def _leaf(
+    names: tuple[str, ...],
+    ca_name: x509.Name,
+    ca_key: ec.EllipticCurvePrivateKey,
+    now: datetime.datetime,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A server certificate for `names` (DNS SANs; the CN is the first), signed by the CA."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    cert = (
+        _builder(subject, ca_name, key.public_key(), now)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(name) for name in names]), critical=False
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(ca=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a new file readable by its owner only (a private key)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(fd, "wb") as f:
+        f.write(data)
 
 
 def _builder(
@@ -219,20 +266,33 @@ class _QuietSite(Site):
 
 
 def demo_config(
-    directory: Path, ca_file: Path, origin_port: int, *, listen: str, admin_listen: str
+    directory: Path,
+    pki: DemoPKI,
+    origin_port: int,
+    *,
+    listen: str,
+    admin_listen: str,
+    listen_tls: str = DEMO_LISTEN_TLS,
 ) -> Config:
     """The demo's config, validated by `config_from_mapping` like any YAML file would be.
 
     Three domains, one origin IP:port: SNI sent as an explicit value, SNI sent as the
     default (origin_host), and no SNI at all (so the origin's default certificate comes
-    back and does not cover the name the edge verifies against).
+    back and does not cover the name the edge verifies against). HTTPS for clients on
+    `listen_tls`, with the edge's demo-CA certificate for all three (SPEC §8).
     """
     origins = [{"address": LOOPBACK, "port": origin_port}]
     data = {
         "listen": listen,
+        "listen_tls": listen_tls,
         "admin": {"listen": admin_listen, "token_file": "admin.token"},
         "access_log": "access.log",
-        "tls": {"ca_file": ca_file.name},
+        "tls": {
+            "ca_file": pki.ca_file.name,
+            "certificates": [
+                {"cert_file": pki.edge_cert_file.name, "key_file": pki.edge_key_file.name}
+            ],
+        },
         "domains": {
             "a.demo.test": {
                 "origin_sni": {"enabled": True, "value": "a.demo.test"},
@@ -265,6 +325,7 @@ class DemoService(service.MultiService):
         reactor: IEdgeReactor,
         *,
         listen: str = DEMO_LISTEN,
+        listen_tls: str = DEMO_LISTEN_TLS,
         admin_listen: str = DEMO_ADMIN_LISTEN,
         echo: bool = True,
     ) -> None:
@@ -286,10 +347,11 @@ class DemoService(service.MultiService):
             )
             self.config = demo_config(
                 self.directory,
-                pki.ca_file,
+                pki,
                 origin_port(self.origin_port),
                 listen=listen,
                 admin_listen=admin_listen,
+                listen_tls=listen_tls,
             )
         except BaseException:
             self._remove_directory()
@@ -327,7 +389,8 @@ class DemoService(service.MultiService):
 
 
 def announcement(config: Config, origin_port: int, directory: Path) -> str:
-    """What to try: the three curl commands, the admin token, how to follow the access log."""
+    """What to try: the three HTTP curl commands, the HTTPS one, the admin token, how to
+    follow the access log."""
     host, port = _client_address(config.listen)
     base = f"http://{host}:{port}/" if port is not None else f"http://{host}:PORT/"
     expected = {
@@ -339,19 +402,44 @@ def announcement(config: Config, origin_port: int, directory: Path) -> str:
     curls = {name: f"curl -H 'Host: {name}' {base}" for name in expected}
     width = max(len(curl) for curl in curls.values())
     commands = [f"  {curls[name]:<{width}}  # {outcome}" for name, outcome in expected.items()]
+    listeners = f"{config.listen} (HTTP)"
+    https: list[str] = []
+    if config.listen_tls is not None:
+        listeners += f" and {config.listen_tls} (HTTPS)"
+        https = [
+            "",
+            f"HTTPS: the edge presents a demo-CA certificate for {', '.join(EDGE_DOMAINS)}; "
+            "curl trusts the demo CA and resolves the name to the listener:",
+            "",
+            f"  {https_curl(config)}",
+        ]
     return "\n".join(
         [
-            f"edgenode demo: the edge listens on {config.listen}; one TLS origin on "
+            f"edgenode demo: the edge listens on {listeners}; one TLS origin on "
             f"{LOOPBACK}:{origin_port} presents a certificate per SNI ({', '.join(VHOSTS)}) "
             f"and {DEFAULT_VHOST}'s to handshakes without SNI. Try:",
             "",
             *commands,
+            *https,
             "",
             f"  admin token:  {config.admin.token_file}",
             f"  access log:   edgenode tail {config.access_log}",
             "",
             f"Everything lives in {directory}, removed when the demo stops (Ctrl-C).",
         ]
+    )
+
+
+def https_curl(config: Config) -> str:
+    """The curl command that fetches `https://<first domain>:<port>/` from the HTTPS listener,
+    verifying the edge's certificate against the demo CA (`--cacert`), the name resolved to
+    the listener's address (`--resolve`), so no DNS is involved."""
+    assert config.listen_tls is not None and config.tls.ca_file is not None
+    host, port = _client_address(config.listen_tls)
+    name, shown_port = EDGE_DOMAINS[0], port if port is not None else "PORT"
+    return (
+        f"curl --cacert {shlex.quote(str(config.tls.ca_file))} "
+        f"--resolve {name}:{shown_port}:{host} https://{name}:{shown_port}/"
     )
 
 

@@ -74,7 +74,12 @@ class Options(usage.Options):
         "each domain names. See README.md and etc/edgenode.yaml."
     )
     optFlags = [
-        ["demo", None, "Run a self-contained demo: a local TLS origin and three domains."],
+        [
+            "demo",
+            None,
+            "Run a self-contained demo: a local TLS origin, three domains, HTTP and HTTPS "
+            "listeners (127.0.0.1:8080 and :8443 unless --listen / --listen-tls).",
+        ],
     ]
     optParameters = [
         ["config", "c", None, "The YAML config file (see etc/edgenode.yaml)."],
@@ -161,7 +166,8 @@ def make_worker_service(state_path: str) -> service.IService:
 
 
 def make_demo_service(options: Options) -> service.IService:
-    """SPEC §7: the same EdgeService, on a config built in memory, beside a local origin."""
+    """SPEC §7 (and §8's Demo): the same EdgeService, on a config built in memory, beside a
+    local origin."""
     from twisted.internet import reactor as global_reactor
 
     reactor = edge_reactor(global_reactor)
@@ -173,10 +179,11 @@ def make_demo_service(options: Options) -> service.IService:
         demo_service = demo.DemoService(
             reactor,
             listen=options["listen"] or demo.DEMO_LISTEN,
+            listen_tls=options["listen-tls"] or demo.DEMO_LISTEN_TLS,
             admin_listen=options["admin-listen"] or demo.DEMO_ADMIN_LISTEN,
             echo=not demo.log_reaches_stdout(twistd_options),
         )
-    except ConfigError as e:  # e.g. a bad --listen
+    except ConfigError as e:  # e.g. a bad --listen or --listen-tls
         print(f"edgenode: not starting the demo: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     EdgeService(demo_service.config, reactor).setServiceParent(demo_service)
