@@ -24,7 +24,7 @@ import hashlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 import attrs
 from cryptography import x509
@@ -84,9 +84,17 @@ class EdgeCertificate:
 
 
 def read_certificate(
-    cert_file: Path, key_file: Path, *, now: float | None = None
+    cert_file: Path,
+    key_file: Path,
+    *,
+    now: float | None = None,
+    purpose: Literal["server", "client"] = "server",
 ) -> EdgeCertificate:
-    """Read and check one pair; raises `CertificateProblem` naming the field at fault."""
+    """Read and check one pair; raises `CertificateProblem` naming the field at fault.
+
+    A `client` certificate (mTLS to origins, SPEC §10) needs no DNS name: origins check
+    its chain and whatever identity they choose; it is named by its subject then.
+    """
     now = time.time() if now is None else now
     certs = _read_chain(cert_file)
     leaf = certs[0]
@@ -99,6 +107,8 @@ def read_certificate(
             "certificate)",
         )
     names = _dns_names(leaf)
+    if not names and purpose == "client":
+        names = (leaf.subject.rfc4514_string() or fingerprint(leaf),)
     if not names:
         raise CertificateProblem(
             "cert_file",

@@ -98,6 +98,29 @@ class OriginSNI:
 
 
 @attrs.frozen
+class HealthCheck:
+    """Active checks of every origin of a domain (SPEC §10 `health_check`)."""
+
+    path: str = "/healthz"
+    interval: float = 5.0
+    timeout: float = 2.0
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 3
+    expect_status: tuple[int, int] = (200, 399)  # inclusive range
+
+    def expects(self, status: int) -> bool:
+        return self.expect_status[0] <= status <= self.expect_status[1]
+
+
+@attrs.frozen
+class Passive:
+    """Ejection of an origin that fails real traffic (SPEC §10 `passive`)."""
+
+    consecutive_failures: int = 5
+    ejection_time: float = 30.0
+
+
+@attrs.frozen
 class Origin:
     """One origin server of a domain, as the operator configured it."""
 
@@ -106,6 +129,7 @@ class Origin:
     priority: int = 1
     weight: int = 1
     sni: str | None = None  # normalised; None = inherit from the domain
+    client_certificate: EdgeCertificate | None = None  # mTLS; None = the domain's
 
 
 @attrs.frozen
@@ -120,6 +144,9 @@ class Domain:
     verify: bool = True
     timeouts: Timeouts = Timeouts()
     https_redirect: bool = False  # plain-HTTP requests get 308 to https:// (SPEC §8)
+    health_check: HealthCheck | None = None  # SPEC §10; None = no active checks
+    passive: Passive | None = None  # SPEC §10; None = no passive ejection
+    client_certificate: EdgeCertificate | None = None  # mTLS to every origin (SPEC §10)
 
     def sni_for(self, origin: Origin) -> str | None:
         """The SNI sent to `origin`: its own, else the domain's when enabled, else none."""
@@ -130,6 +157,12 @@ class Domain:
         if self.origin_sni.enabled:
             return self.origin_sni.value or self.origin_host
         return None
+
+    def client_certificate_for(self, origin: Origin) -> EdgeCertificate | None:
+        """The certificate presented to `origin`: its own, else the domain's (https only)."""
+        if self.origin_protocol != "https":
+            return None
+        return origin.client_certificate or self.client_certificate
 
     def verify_name_for(self, origin: Origin) -> str:
         """The name the certificate must cover: the SNI sent, else origin_host."""
@@ -187,10 +220,15 @@ _DOMAIN_KEYS: Final = (
     "verify",
     "timeouts",
     "https_redirect",
+    "health_check",
+    "passive",
+    "client_certificate",
     "origins",
 )
+_HEALTH_CHECK_KEYS: Final = tuple(field.name for field in attrs.fields(HealthCheck))
+_PASSIVE_KEYS: Final = tuple(field.name for field in attrs.fields(Passive))
 _ORIGIN_SNI_KEYS: Final = ("enabled", "value")
-_ORIGIN_KEYS: Final = ("address", "port", "priority", "weight", "sni")
+_ORIGIN_KEYS: Final = ("address", "port", "priority", "weight", "sni", "client_certificate")
 _PROTOCOLS: Final = ("https", "http")
 _TLS_VERSIONS: Final = ("1.2", "1.3")
 _PEM_CERTIFICATE: Final = b"-----BEGIN CERTIFICATE-----"
@@ -697,26 +735,14 @@ def _read_certificates(tls: _Section) -> tuple[EdgeCertificate, ...]:
             )
             continue
         entry = _Section(item, path, tls.problems, tls.base_dir)
-        entry.check_keys(_CERTIFICATE_KEYS)
-        missing = [key for key in _CERTIFICATE_KEYS if entry.get(key) in (_ABSENT, None)]
-        for key in missing:
-            entry.report(
-                key, "is required: the path of a PEM file (relative to the config's directory)"
-            )
-        if missing:
-            continue
-        cert_file = entry.file_path("cert_file", Path())
-        key_file = entry.file_path("key_file", Path())
-        try:
-            cert = read_certificate(cert_file, key_file)
-        except CertificateProblem as problem:
-            entry.report(problem.key, problem.message)
+        cert = _read_certificate_pair(entry, purpose="server")
+        if cert is None:
             continue
         if cert.fingerprint in seen:
             entry.report(
                 "cert_file",
-                f"{cert_file} is the same certificate as certificates[{seen[cert.fingerprint]}]; "
-                "list each certificate once",
+                f"{cert.cert_file} is the same certificate as "
+                f"certificates[{seen[cert.fingerprint]}]; list each certificate once",
             )
             continue
         seen[cert.fingerprint] = i
@@ -756,6 +782,25 @@ def _ca_file_problem(path: Path) -> str | None:
     if _PEM_CERTIFICATE not in data:
         return f"contains no PEM certificate ('{_PEM_CERTIFICATE.decode()}'); {accepted}"
     return None
+
+
+def _read_certificate_pair(
+    entry: _Section, *, purpose: Literal["server", "client"]
+) -> EdgeCertificate | None:
+    """`{cert_file, key_file}`, read and checked (edgenode.certificates); None if bad."""
+    entry.check_keys(_CERTIFICATE_KEYS)
+    missing = [key for key in _CERTIFICATE_KEYS if entry.get(key) in (_ABSENT, None)]
+    for key in missing:
+        entry.report(key, "is required: a PEM file's path (relative to the config's directory)")
+    if missing:
+        return None
+    cert_file = entry.file_path("cert_file", Path())
+    key_file = entry.file_path("key_file", Path())
+    try:
+        return read_certificate(cert_file, key_file, purpose=purpose)
+    except CertificateProblem as problem:
+        entry.report(problem.key, problem.message)
+        return None
 
 
 def _read_tls_version(tls: _Section, key: str) -> Literal["1.2", "1.3"]:
@@ -890,6 +935,9 @@ def _read_domain(
     origins = _read_origins(domain, protocol)
     if protocol == "https" and origin_sni.enabled and origin_sni.value is None:
         _check_origin_host_as_sni(domain, origin_host, origins)
+    health_check = _read_health_check(domain)
+    passive = _read_passive(domain)
+    client_certificate = _read_client_certificate(domain, protocol)
     return Domain(
         name=name or "",
         origins=origins,
@@ -899,7 +947,103 @@ def _read_domain(
         verify=verify,
         timeouts=domain_timeouts,
         https_redirect=https_redirect,
+        health_check=health_check,
+        passive=passive,
+        client_certificate=client_certificate,
     )
+
+
+def _read_health_check(domain: _Section) -> HealthCheck | None:
+    check = domain.section("health_check", "health check settings")
+    if check is None:
+        return None
+    check.check_keys(_HEALTH_CHECK_KEYS)
+    defaults = HealthCheck()
+    interval = check.seconds("interval", defaults.interval)
+    timeout = check.seconds("timeout", defaults.timeout)
+    if timeout > interval:
+        check.report(
+            "timeout",
+            f"{timeout:g}s is longer than the interval ({interval:g}s); a check must end "
+            "before the next one starts",
+        )
+    return HealthCheck(
+        path=_read_check_path(check),
+        interval=interval,
+        timeout=timeout,
+        healthy_threshold=check.integer("healthy_threshold", defaults.healthy_threshold, 1, 100),
+        unhealthy_threshold=check.integer(
+            "unhealthy_threshold", defaults.unhealthy_threshold, 1, 100
+        ),
+        expect_status=_read_status_range(check, defaults.expect_status),
+    )
+
+
+def _read_check_path(check: _Section) -> str:
+    value = check.get("path")
+    if value is _ABSENT:
+        return HealthCheck().path
+    if (
+        isinstance(value, str)
+        and value.startswith("/")
+        and all(33 <= ord(c) < 127 for c in value)
+    ):
+        return value
+    check.report(
+        "path",
+        f"must be an origin-form path starting with '/' (printable ASCII, no spaces), e.g. "
+        f"'/healthz', got {_show(value)}",
+    )
+    return HealthCheck().path
+
+
+def _read_status_range(check: _Section, default: tuple[int, int]) -> tuple[int, int]:
+    """A status (200) or an inclusive range ("200-399")."""
+    value = check.get("expect_status")
+    if value is _ABSENT:
+        return default
+    text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
+    low, _, high = text.partition("-")
+    if low.strip().isdigit() and (not high or high.strip().isdigit()):
+        first, last = int(low), int(high or low)
+        if 100 <= first <= last <= 599:
+            return first, last
+    check.report(
+        "expect_status",
+        f"must be a status such as 200 or a range such as '200-399' (100..599), got {_show(value)}",
+    )
+    return default
+
+
+def _read_passive(domain: _Section) -> Passive | None:
+    passive = domain.section("passive", "passive ejection settings")
+    if passive is None:
+        return None
+    passive.check_keys(_PASSIVE_KEYS)
+    defaults = Passive()
+    return Passive(
+        consecutive_failures=passive.integer(
+            "consecutive_failures", defaults.consecutive_failures, 1, 1000
+        ),
+        ejection_time=passive.seconds("ejection_time", defaults.ejection_time),
+    )
+
+
+def _read_client_certificate(section: _Section, protocol: str) -> EdgeCertificate | None:
+    """`client_certificate: {cert_file, key_file}` for mTLS to origins; https only."""
+    if section.get("client_certificate") in (_ABSENT, None):
+        return None
+    if protocol == "http":
+        section.report(
+            "client_certificate",
+            "a client certificate is presented in a TLS handshake, and this domain uses "
+            "origin_protocol 'http'; remove it",
+        )
+        return None
+    entry = section.section("client_certificate", "cert_file and key_file")
+    if entry is None:
+        return None
+    return _read_certificate_pair(entry, purpose="client")
 
 
 def _read_host(section: _Section, key: str, default: str | None) -> str | None:
@@ -1007,6 +1151,7 @@ def _read_origin(value: object, path: str, protocol: str, domain: _Section) -> O
         priority=origin.integer("priority", 1, 0),
         weight=origin.integer("weight", 1, 1, 1000),
         sni=_read_origin_own_sni(origin, protocol),
+        client_certificate=_read_client_certificate(origin, protocol),
     )
 
 

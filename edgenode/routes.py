@@ -1,8 +1,8 @@
 """How to reach a domain's origins: one route per origin, and the order to try them in.
 
 A route is a value: the origin's address and its whole TLS identity (SNI, verify name,
-trust), built once per config generation by runtime.py and read per request by the data
-path. The balancer is the one piece of per-request state a domain keeps.
+trust, client certificate), built once per config generation by runtime.py and read per
+request by the data path. The balancer is the one piece of per-request state a domain keeps.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class OriginRoute:
     verify: bool
     trust_id: str
     min_tls: str
+    client_cert: str | None = None  # fingerprint of the certificate presented (mTLS)
     idle_timeout: float = attrs.field(eq=False, default=60.0)
     creator: OriginTLSCreator | None = attrs.field(eq=False, default=None, repr=False)
     # Derived once, read per request.
@@ -49,6 +50,7 @@ class OriginRoute:
             self.verify,
             self.trust_id,
             self.min_tls,
+            self.client_cert,
         )
         object.__setattr__(self, "pool_key", key)
         object.__setattr__(self, "server", (self.address, self.port))

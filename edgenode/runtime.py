@@ -25,6 +25,7 @@ class DomainRuntime:
     routes: tuple[OriginRoute, ...]
     balancer: Balancer = attrs.field(eq=False)
     origin_host: bytes = b""
+    watched: bool = False  # health_check or passive set: the balancer's order is filtered
 
 
 @attrs.frozen
@@ -36,7 +37,11 @@ class Runtime:
     config: Config
     generation: int
     domains: Mapping[str, DomainRuntime]
-    profile: TrustProfile = attrs.field(eq=False)
+    profile: TrustProfile = attrs.field(eq=False)  # without a client certificate
+    # Every profile in use, by TrustProfile.key: one per client certificate (SPEC §10).
+    profiles: Mapping[tuple[object, ...], TrustProfile] = attrs.field(
+        eq=False, factory=lambda: MappingProxyType({})
+    )
     # The contexts serving HTTPS clients (SPEC §8); None without certificates.
     server_tls: ServerTLS | None = attrs.field(eq=False, default=None)
     https_port: int = 443  # the port https_redirect's Location names (listen_tls's)
@@ -48,16 +53,20 @@ class Runtime:
 def build_runtime(config: Config, generation: int, previous: Runtime | None = None) -> Runtime:
     """Build every route and TLS profile for `config`; raises before anything is swapped.
 
-    The trust profile (and so its SSL.Context) is reused from `previous` when the trust
+    Trust profiles (and so their SSL.Contexts) are reused from `previous` when the trust
     settings did not change, so pooled connections of unchanged routes stay valid.
     """
-    profile = _profile_for(config, previous)
-    domains = {name: _domain_runtime(domain, profile) for name, domain in config.domains.items()}
+    profiles = _Profiles(config, previous)
+    profile = profiles.get(None)
+    domains = {
+        name: _domain_runtime(domain, profiles) for name, domain in config.domains.items()
+    }
     return Runtime(
         config,
         generation,
         MappingProxyType(domains),
         profile,
+        profiles=MappingProxyType(profiles.made),
         server_tls=_server_tls_for(config, previous),
         https_port=_https_port(config),
     )
@@ -89,19 +98,40 @@ def _https_port(config: Config) -> int:
     return port or 443
 
 
-def _profile_for(config: Config, previous: Runtime | None) -> TrustProfile:
-    wanted = TrustProfile.key_for(config.tls.ca_file, config.tls.min_version)
-    if previous is not None and previous.profile.key == wanted:
-        return previous.profile
-    return TrustProfile(config.tls.ca_file, config.tls.min_version)
+class _Profiles:
+    """The trust profiles of one generation: one per client certificate in use, each
+    taken from the previous generation when its key is the same."""
+
+    def __init__(self, config: Config, previous: Runtime | None) -> None:
+        self.config = config
+        self.previous = previous.profiles if previous is not None else {}
+        self.made: dict[tuple[object, ...], TrustProfile] = {}
+
+    def get(self, client_certificate: EdgeCertificate | None) -> TrustProfile:
+        tls = self.config.tls
+        key = TrustProfile.key_for(tls.ca_file, tls.min_version, client_certificate)
+        profile = self.made.get(key) or self.previous.get(key)
+        if profile is None:
+            try:
+                profile = TrustProfile(tls.ca_file, tls.min_version, client_certificate)
+            except SSL.Error as e:  # OpenSSL refused a client certificate the checks passed
+                path = str(client_certificate.cert_file) if client_certificate else "tls"
+                problem = Problem(path, f"OpenSSL cannot use it: {e}")
+                raise ConfigError([problem], source=str(self.config.source or "")) from None
+        self.made[key] = profile
+        return profile
 
 
-def _domain_runtime(domain: Domain, profile: TrustProfile) -> DomainRuntime:
-    routes = tuple(_route(domain, origin, profile) for origin in domain.origins)
+def _domain_runtime(domain: Domain, profiles: _Profiles) -> DomainRuntime:
+    routes = tuple(
+        _route(domain, origin, profiles.get(domain.client_certificate_for(origin)))
+        for origin in domain.origins
+    )
     balancer = Balancer(
         [(o.priority, o.weight, r) for o, r in zip(domain.origins, routes, strict=True)]
     )
-    return DomainRuntime(domain, routes, balancer, domain.origin_host.encode("ascii"))
+    watched = domain.health_check is not None or domain.passive is not None
+    return DomainRuntime(domain, routes, balancer, domain.origin_host.encode("ascii"), watched)
 
 
 def _route(domain: Domain, origin: Origin, profile: TrustProfile) -> OriginRoute:
@@ -118,6 +148,7 @@ def _route(domain: Domain, origin: Origin, profile: TrustProfile) -> OriginRoute
         verify=verify,
         trust_id=profile.trust_id if tls else "",
         min_tls=profile.min_version if tls else "",
+        client_cert=profile.key[2] if tls else None,
         idle_timeout=domain.timeouts.idle,
         creator=OriginTLSCreator(profile, sni, verify_name, verify) if tls else None,
     )
@@ -143,6 +174,9 @@ def effective_domain(domain: Domain) -> dict[str, object]:
         "origin_sni": {"enabled": domain.origin_sni.enabled, "value": domain.origin_sni.value},
         "verify": domain.verify,
         "https_redirect": domain.https_redirect,
+        "health_check": _health_view(domain),
+        "passive": attrs.asdict(domain.passive) if domain.passive else None,
+        "client_certificate": _client_cert_view(domain.client_certificate),
         "timeouts": attrs.asdict(domain.timeouts),
         "origins": [
             {
@@ -152,11 +186,26 @@ def effective_domain(domain: Domain) -> dict[str, object]:
                 "weight": o.weight,
                 "sni": o.sni,
                 "effective_sni": domain.sni_for(o),
+                "client_certificate": _client_cert_view(domain.client_certificate_for(o)),
                 "verify_name": domain.verify_name_for(o) if domain.verify else None,
             }
             for o in domain.origins
         ],
     }
+
+
+def _health_view(domain: Domain) -> dict[str, object] | None:
+    check = domain.health_check
+    if check is None:
+        return None
+    low, high = check.expect_status
+    return {**attrs.asdict(check), "expect_status": str(low) if low == high else f"{low}-{high}"}
+
+
+def _client_cert_view(cert: EdgeCertificate | None) -> dict[str, object] | None:
+    if cert is None:
+        return None
+    return {"cert_file": str(cert.cert_file), "fingerprint_sha256": cert.fingerprint}
 
 
 def effective_config(runtime: Runtime) -> dict[str, object]:

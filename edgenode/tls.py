@@ -35,6 +35,7 @@ from twisted.internet.ssl import (
 )
 from zope.interface import implementer
 
+from edgenode.certificates import EdgeCertificate
 from edgenode.errors import ErrorCode, OriginError
 from edgenode.hostnames import is_ip_literal
 
@@ -206,11 +207,18 @@ def describe_ssl_error(error: BaseException) -> str:
 
 
 class TrustProfile:
-    """A trust store plus minimum TLS version, with the one SSL.Context they share."""
+    """A trust store plus minimum TLS version (and the client certificate presented, for
+    mTLS to origins), with the one SSL.Context they share."""
 
-    def __init__(self, ca_file: Path | None, min_version: str) -> None:
+    def __init__(
+        self,
+        ca_file: Path | None,
+        min_version: str,
+        client_certificate: EdgeCertificate | None = None,
+    ) -> None:
         self.ca_file = ca_file
         self.min_version = min_version
+        self.client_certificate = client_certificate
         self.trust_id = trust_id_of(ca_file)
         if ca_file is None:
             trust_root = platformTrust()
@@ -226,15 +234,29 @@ class TrustProfile:
             raiseMinimumTo=_MIN_VERSIONS[min_version],
             enableSessionTickets=True,  # TLS 1.2 resumption against origins without a cache
         )
-        self.context: SSL.Context = options.getContext()
+        context: SSL.Context = options.getContext()
+        if client_certificate is not None:
+            # Before any connection uses the context (pyOpenSSL refuses changes after).
+            context.use_certificate(client_certificate.leaf)
+            for intermediate in client_certificate.chain:
+                context.add_extra_chain_cert(intermediate)
+            context.use_privatekey(client_certificate.key)
+            context.check_privatekey()
+        self.context = context
 
     @property
-    def key(self) -> tuple[str, str]:
-        return (self.trust_id, self.min_version)
+    def key(self) -> tuple[str, str, str | None]:
+        return (self.trust_id, self.min_version, _fingerprint_of(self.client_certificate))
 
     @staticmethod
-    def key_for(ca_file: Path | None, min_version: str) -> tuple[str, str]:
-        return (trust_id_of(ca_file), min_version)
+    def key_for(
+        ca_file: Path | None, min_version: str, client_certificate: EdgeCertificate | None = None
+    ) -> tuple[str, str, str | None]:
+        return (trust_id_of(ca_file), min_version, _fingerprint_of(client_certificate))
+
+
+def _fingerprint_of(cert: EdgeCertificate | None) -> str | None:
+    return cert.fingerprint if cert is not None else None
 
 
 def trust_id_of(ca_file: Path | None) -> str:

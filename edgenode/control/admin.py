@@ -93,8 +93,10 @@ class AdminResource(Resource):
         reload: Callable[[str], Deferred[ReloadResult]],
         metrics: Callable[[], bytes] | None = None,
         workers: Callable[[], list[dict[str, Any]]] | None = None,
+        health: Callable[[str], list[dict[str, object]] | None] | None = None,
     ) -> None:
         super().__init__()
+        self._health = health  # per-origin health of a domain, in a process that serves
         self.holder = holder
         self._expected = f"Bearer {token}".encode()
         self._reload = reload
@@ -198,6 +200,10 @@ class AdminResource(Resource):
             )
         body = effective_domain(domain.config)
         body["generation"] = runtime.generation
+        if domain.watched:
+            states = self._health(domain.config.name) if self._health is not None else None
+            # A supervisor serves nothing: each worker keeps its own (see /metrics).
+            body["origin_health"] = states or "kept by each worker; see edgenode_origin_up"
         return _json(request, 200, body)
 
 

@@ -200,6 +200,7 @@ def admin_site(
     *,
     metrics: Callable[[], bytes],
     workers: Callable[[], list[dict[str, Any]]] | None = None,
+    health: Callable[[str], list[dict[str, object]] | None] | None = None,
 ) -> AdminSite:
     """The admin site on the config's token file (made if missing); warns when hosts other
     than this one can reach it."""
@@ -215,7 +216,9 @@ def admin_site(
             listen=config.admin.listen,
             path=str(config.admin.token_file),
         )
-    return AdminSite(AdminResource(holder, token, reload, metrics=metrics, workers=workers))
+    return AdminSite(
+        AdminResource(holder, token, reload, metrics=metrics, workers=workers, health=health)
+    )
 
 
 def listen(
@@ -296,7 +299,11 @@ class EdgeService(service.Service):
             self.data,
         )
         admin = admin_site(
-            config, self.data.holder, self.reloader.reload, metrics=self.data.monitor.render
+            config,
+            self.data.holder,
+            self.reloader.reload,
+            metrics=self.data.monitor.render,
+            health=self.data.health.describe,
         )
         listen(self.reactor, config.listen, self.data.factory, self.ports)
         if config.listen_tls is not None:

@@ -18,6 +18,7 @@ from edgenode.accesslog import AccessLog
 from edgenode.config import Config
 from edgenode.control.reloading import Candidate, Errors, Reports
 from edgenode.datapath.downstream import DownstreamFactory
+from edgenode.datapath.health import Health
 from edgenode.datapath.monitor import Monitor, Process
 from edgenode.datapath.pool import OriginPool
 from edgenode.datapath.proxy import Proxy
@@ -57,7 +58,10 @@ class DataPath:
         self.monitor = Monitor(reactor, self.pool, process=process)
         self.monitor.started(generation)
         self.monitor.serving_certificates(config.tls.certificates)
-        self.proxy = Proxy(self.holder, self.pool, self.access_log, reactor, self.monitor)
+        self.health = Health(reactor, self.monitor)
+        self.proxy = Proxy(
+            self.holder, self.pool, self.access_log, reactor, self.monitor, self.health
+        )
         self.factory = DownstreamFactory(self.proxy, config.limits, reactor)
         # The HTTPS listener's (SPEC §8): the same client protocol, under TLS.
         self.tls_factory = ClientTLSFactory(self._new_client_tls, self.factory.build_tls_protocol)
@@ -75,6 +79,7 @@ class DataPath:
     def start(self) -> None:
         self.pool.start()
         self.access_log.start(self.reactor)
+        self.health.apply(self.holder.current)
 
     def reopen_access_log(self) -> None:
         """After `mv access.log access.log.1`, the way logrotate works (SIGUSR1)."""
@@ -92,6 +97,7 @@ class DataPath:
         if config.access_log != old.config.access_log:
             self.access_log.target = config.access_log
             self.access_log.reopen()
+        self.health.apply(new)
         retired = self.pool.retain(new.pool_keys())
         return f"{retired} idle origin connections of removed routes closed"
 
@@ -113,5 +119,6 @@ class DataPath:
             await closed
         for conn in list(self.factory.connections):
             conn.abort()
+        self.health.stop()
         self.pool.stop()
         self.access_log.close()

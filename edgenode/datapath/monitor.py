@@ -242,6 +242,13 @@ class Monitor:
             self._show(lambda: _counter_family(REUSED, self._reused, _reused_labels, created))
         elif process == "worker":
             self._files = _WorkerFiles(self.registry)
+        self.origin_up = Gauge(
+            "edgenode_origin_up",
+            "1 while an origin is up for its domain (health checks, passive ejection)",
+            ["domain", "origin", "sni"],
+            registry=r,
+            multiprocess_mode="min",  # with workers: down if any worker finds it down
+        )
         self.client_handshakes = Counter(
             "edgenode_client_tls_handshakes",
             "TLS handshakes with clients on the HTTPS listener by result",
@@ -305,6 +312,10 @@ class Monitor:
         durations = self._durations[domain]
         durations.counts[bisect_left(_BOUNDS, seconds)] += 1  # le is inclusive, as Histogram's
         durations.total += seconds
+
+    def origin_state(self, domain: str, route: OriginRoute, up: bool) -> None:
+        """An origin's health changed (or is watched from now on): edgenode_origin_up."""
+        self.origin_up.labels(domain, route.label, route.sni or "").set(1 if up else 0)
 
     def client_handshake(self, result: str) -> None:
         """A client TLS handshake on the HTTPS listener: ok, unknown_sni_rejected, failed."""

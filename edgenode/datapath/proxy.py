@@ -33,6 +33,7 @@ from zope.interface import implementer
 from edgenode.accesslog import AccessLog, AccessRecord, handshake_failure_line
 from edgenode.datapath.downstream import ClientStream, HandshakeFailure, RequestHead
 from edgenode.datapath.headers import client_response_lines, origin_request_head
+from edgenode.datapath.health import Health
 from edgenode.datapath.monitor import Monitor
 from edgenode.datapath.pool import OriginPool
 from edgenode.datapath.upstream import StaleConnection, UpstreamConnection
@@ -62,12 +63,14 @@ class Proxy:
         access_log: AccessLog,
         clock: IReactorTime,
         monitor: Monitor | None = None,
+        health: Health | None = None,
     ) -> None:
         self.holder = holder
         self.pool = pool
         self.access_log = access_log
         self.clock = clock
         self.monitor = monitor or Monitor(clock)
+        self.health = health or Health(pool.reactor, self.monitor)
         self._id_prefix = os.urandom(4).hex()
         self._counter = 0
         self.exchanges: set[Exchange] = set()  # in flight
@@ -251,6 +254,8 @@ class Exchange:
         self.timeouts = domain.config.timeouts
         self._origin_head = self._build_origin_head(domain)
         self._plan = domain.balancer.plan()
+        if domain.watched:
+            self._plan = self.proxy.health.order(domain, self._plan)
         self._try_next_origin()
 
     def _redirect_to_https(self) -> None:
@@ -366,6 +371,8 @@ class Exchange:
         self._last_error = err
         if err.code is not ErrorCode.ORIGIN_BUSY:
             self.proxy.monitor.attempt_done(self.record.domain or "", self.route, err)
+            if self.domain.watched:
+                self.proxy.health.attempt_done(self.domain.config.name, self.route, err)
         self.conn = None
         self._cancel_timer()
         if self.phase is RELAYING:
@@ -498,6 +505,8 @@ class Exchange:
         elif conn is not None:
             self.proxy.pool.release(conn)
         self.proxy.monitor.attempt_done(self.record.domain or "", self.route, None)
+        if self.domain.watched:
+            self.proxy.health.attempt_done(self.domain.config.name, self.route, None)
         self.stream.end_response()
         self._finish()
 

@@ -127,7 +127,8 @@ def plan_probe(
         sni_setting: str | None = None
         creator = route.creator
         if override is not None:
-            creator = OriginTLSCreator(runtime.profile, override, override, route.verify)
+            # The route's own profile: its client certificate (mTLS) goes along.
+            creator = OriginTLSCreator(route.creator.profile, override, override, route.verify)
             sni_setting = "--sni"
         elif origin.sni is not None:
             sni_setting = f"origins[{index}].sni"
