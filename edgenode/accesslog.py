@@ -1,9 +1,11 @@
 """The access log: one JSON object per request (SPEC §6), its writer and its reader.
 
-One more kind of line, with `request_id` null: a client TLS handshake that failed on the
-HTTPS listener (SPEC §8), so that `edgenode tail` and whoever reads the log see them
-where they see everything else (`handshake_failure_line`). nginx puts those in its error
-log; an edge operator asked "why do these clients fail?" wants them beside the requests.
+Two more kinds of line, with `request_id` null, so that `edgenode tail` and whoever
+reads the log see them where they see everything else: a client TLS handshake that
+failed on the HTTPS listener (SPEC §8, `handshake_failure_line`; nginx puts those in its
+error log, but an operator asked "why do these clients fail?" wants them beside the
+requests), and an origin marked down or up by its health (SPEC §10, `origin_state_line`,
+with `event` "origin_down" or "origin_up").
 """
 
 from __future__ import annotations
@@ -136,6 +138,23 @@ def handshake_failure_line(
         client_sni=sni,
         error=error,
         error_detail=detail,
+    )
+    return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def origin_state_line(
+    ts: float, domain: str, origin: str, sni: str | None, up: bool, reason: str
+) -> bytes:
+    """The line of an origin marked down or up (SPEC §10), so that whoever follows the
+    log (`edgenode tail`) sees it beside the requests it explains: `event` says which."""
+    data: dict[str, Any] = dict.fromkeys(FIELDS)
+    data.update(
+        ts=rfc3339(ts),
+        domain=domain,
+        origin=origin,
+        sni=sni,
+        error_detail=reason,
+        event="origin_up" if up else "origin_down",
     )
     return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
 

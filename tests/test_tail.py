@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from edgenode.accesslog import FIELDS, AccessRecord
+from edgenode.accesslog import FIELDS, AccessRecord, origin_state_line
 from edgenode.tools.cli import main
 from edgenode.tools.tail.engine import Tail, follow
 from edgenode.tools.tail.filters import RecordFilter, parse_status_filter
@@ -1073,3 +1073,37 @@ def test_line_sink_writes_the_bytes_as_read() -> None:
     text = io.StringIO()
     LineSink(text)([r[:-1] for r in raw])
     assert text.getvalue().encode() == b"".join(raw)
+
+
+# --- origin health events (SPEC §10) -------------------------------------------------------
+
+
+def origin_event(ts: float, domain: str, origin: str, up: bool, reason: str) -> bytes:
+    """A line as the edge writes it when an origin is marked down or up."""
+    return origin_state_line(ts, domain, origin, "a.example.test", up, reason)
+
+
+def test_origins_marked_down_are_listed_until_they_come_back_and_are_not_requests(
+    log: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An operator tailing the log sees which origins are down and why; the events count
+    as records but never as requests, and a later `origin_up` takes an origin off."""
+    requests = mixed_log(50)
+    write(
+        log,
+        [
+            *requests,
+            origin_event(1_800_000_000.0, "a.example", "10.0.0.1:443", False, "3 checks failed"),
+            origin_event(1_800_000_001.0, "b.example", "10.0.0.2:443", False, "ejected for 30s"),
+            origin_event(1_800_000_002.0, "b.example", "10.0.0.2:443", True, "ejection over"),
+        ],
+    )
+    assert main(["tail", "--once", str(log)]) == 0
+    out = capsys.readouterr().out
+    assert "origins down: 1" in out
+    down = out[out.index("origins down: 1") :]
+    assert "10.0.0.1:443" in down and "3 checks failed" in down
+    assert "10.0.0.2:443" not in down
+    assert once_table(out) == as_table(expected_rows(requests))  # events are not requests
+    assert main(["tail", "--once", "--status", "5xx", "--json", str(log)]) == 0
+    assert "origin_down" not in capsys.readouterr().out  # a health event has no status

@@ -14,7 +14,7 @@ from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from edgenode.accesslog import AccessLog
+from edgenode.accesslog import AccessLog, origin_state_line
 from edgenode.config import Config
 from edgenode.control.reloading import Candidate, Errors, Reports
 from edgenode.datapath.downstream import DownstreamFactory
@@ -24,6 +24,7 @@ from edgenode.datapath.pool import OriginPool
 from edgenode.datapath.proxy import Proxy
 from edgenode.datapath.tlstransport import ClientTLSFactory
 from edgenode.reactors import IEdgeReactor
+from edgenode.routes import OriginRoute
 from edgenode.runtime import Runtime, RuntimeHolder, build_runtime
 from edgenode.servertls import ServerTLS
 
@@ -58,7 +59,7 @@ class DataPath:
         self.monitor = Monitor(reactor, self.pool, process=process)
         self.monitor.started(generation)
         self.monitor.serving_certificates(config.tls.certificates)
-        self.health = Health(reactor, self.monitor)
+        self.health = Health(reactor, self)
         self.proxy = Proxy(
             self.holder, self.pool, self.access_log, reactor, self.monitor, self.health
         )
@@ -75,6 +76,15 @@ class DataPath:
         assert server_tls is not None  # the config refuses listen_tls without certificates
         self._server_tls = server_tls
         return server_tls.new_connection()
+
+    def origin_state(self, domain: str, route: OriginRoute, up: bool, reason: str | None) -> None:
+        """Health says an origin changed: the gauge, and a line in the access log."""
+        self.monitor.origin_state(domain, route, up, reason)
+        if reason is not None:
+            line = origin_state_line(
+                self.reactor.seconds(), domain, route.label, route.sni, up, reason
+            )
+            self.access_log.write_line(line)
 
     def start(self) -> None:
         self.pool.start()

@@ -67,9 +67,12 @@ USER_AGENT = b"edgenode-health-check"
 
 
 class HealthListener(Protocol):
-    """Who hears of state changes (the monitor: the `edgenode_origin_up` gauge)."""
+    """Who hears of state changes: the `edgenode_origin_up` gauge and the access log.
+    `reason` is None when an origin starts being watched (it starts up)."""
 
-    def origin_state(self, domain: str, route: OriginRoute, up: bool) -> None: ...
+    def origin_state(
+        self, domain: str, route: OriginRoute, up: bool, reason: str | None
+    ) -> None: ...
 
 
 @attrs.define(eq=False)
@@ -143,7 +146,7 @@ class Health:
                 state = self._states.pop(key, None)
                 if state is None:
                     state = OriginHealth(name, route, domain.origin_host, None, None)
-                    self.listener.origin_state(name, route, True)
+                    self.listener.origin_state(name, route, True, None)
                 state.route = route  # the same identity, this generation's object
                 state.origin_host = domain.origin_host
                 state.check = settings.health_check
@@ -279,7 +282,7 @@ class Health:
             sni=state.route.sni or "none",
             reason=reason,
         )
-        self.listener.origin_state(state.domain, state.route, up)
+        self.listener.origin_state(state.domain, state.route, up, reason)
 
     def _stop_checking(self, state: OriginHealth) -> None:
         if state.timer is not None and state.timer.active():

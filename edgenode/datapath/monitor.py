@@ -313,7 +313,7 @@ class Monitor:
         durations.counts[bisect_left(_BOUNDS, seconds)] += 1  # le is inclusive, as Histogram's
         durations.total += seconds
 
-    def origin_state(self, domain: str, route: OriginRoute, up: bool) -> None:
+    def origin_state(self, domain: str, route: OriginRoute, up: bool, reason: str | None) -> None:
         """An origin's health changed (or is watched from now on): edgenode_origin_up."""
         self.origin_up.labels(domain, route.label, route.sni or "").set(1 if up else 0)
 

@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 
 from edgenode.hostnames import normalize_hostname
-from edgenode.tools.tail.summary import UNKNOWN_DOMAIN, is_client_tls_failure
+from edgenode.tools.tail.summary import UNKNOWN_DOMAIN, is_client_tls_failure, is_origin_event
 
 
 @attrs.frozen
@@ -66,6 +66,8 @@ class RecordFilter:
     def __call__(self, record: dict[str, Any]) -> bool:
         if (self.domains or self.status is not None) and is_client_tls_failure(record):
             return False
+        if self.status is not None and is_origin_event(record):
+            return False  # a health event has no status
         if self.domains:
             domain = record.get("domain")
             if (domain if isinstance(domain, str) else UNKNOWN_DOMAIN) not in self.domains:

@@ -43,6 +43,15 @@ def is_client_tls_failure(record: dict[str, Any]) -> bool:
     return isinstance(error, str) and error.startswith(CLIENT_TLS_ERROR_PREFIX)
 
 
+ORIGIN_EVENTS: Final = ("origin_down", "origin_up")
+MAX_ORIGINS: Final = 1_000  # origins whose health is remembered
+
+
+def is_origin_event(record: dict[str, Any]) -> bool:
+    """An origin marked down or up by its health (SPEC §10), not a request."""
+    return record.get("event") in ORIGIN_EVENTS
+
+
 def is_https(record: dict[str, Any]) -> bool:
     """The request came over the HTTPS listener; lines older than SPEC §8 have no scheme."""
     return record.get("scheme") == "https"
@@ -230,6 +239,18 @@ class Snapshot:
     unparsable: int
     skipped: int  # parsed, but outside the filters
     client_tls: ClientTlsFailures = ClientTlsFailures()
+    origins_down: tuple[OriginDown, ...] = ()  # their last event said down, oldest first
+
+
+@attrs.frozen
+class OriginDown:
+    """An origin whose last health event marked it down: the operator's first question."""
+
+    domain: str
+    origin: str
+    sni: str | None
+    since: str | None
+    reason: str | None
 
 
 class LogSummary:
@@ -250,6 +271,8 @@ class LogSummary:
         self.failures: dict[tuple[str, str | None, str | None, str], list[Any]] = {}
         self.recent: collections.deque[RecentError] = collections.deque(maxlen=RECENT_ERRORS)
         self.client_tls = _ClientTlsCounts()
+        # (domain, origin, sni) -> OriginDown while its last event said down
+        self.down: dict[tuple[str, str, str | None], OriginDown] = {}
         self.records = 0
         self.unparsable = 0  # lines that are not access-log records (counted by the caller)
         self.skipped = 0  # records outside the filters (counted by the caller)
@@ -259,6 +282,9 @@ class LogSummary:
         self.records += 1
         if is_client_tls_failure(record):
             self.client_tls.add(record)  # not a request: no row, class, latency or rate
+            return
+        if is_origin_event(record):
+            self._origin_event(record)
             return
         domain = record.get("domain")
         if not isinstance(domain, str):
@@ -287,6 +313,17 @@ class LogSummary:
         error = record.get("error")
         if error is not None or cls == 5:
             self._add_error(record, domain, error, status)
+
+    def _origin_event(self, record: dict[str, Any]) -> None:
+        domain, origin, sni = (_text(record.get(k)) for k in ("domain", "origin", "sni"))
+        key = (domain or UNKNOWN_DOMAIN, origin or "?", sni)
+        if record.get("event") == "origin_up":
+            self.down.pop(key, None)
+        elif key in self.down or len(self.down) < MAX_ORIGINS:
+            self.down.pop(key, None)  # re-inserted: the dict's order is the order they fell
+            self.down[key] = OriginDown(
+                *key, since=_text(record.get("ts")), reason=_text(record.get("error_detail"))
+            )
 
     def _add_error(self, record: dict[str, Any], domain: str, error: Any, status: Any) -> None:
         error = str(error) if error is not None else None
@@ -338,6 +375,7 @@ class LogSummary:
             unparsable=self.unparsable,
             skipped=self.skipped,
             client_tls=self.client_tls.snapshot(),
+            origins_down=tuple(self.down.values()),
         )
 
     @staticmethod

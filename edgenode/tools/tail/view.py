@@ -267,6 +267,29 @@ def client_tls_section(
     return Group(Text(heading, style="bold"), _table(columns, rows, width=width))
 
 
+def origins_down_section(snap: Snapshot, *, width: int | None = None) -> RenderableType:
+    """The origins the edge marked down (health checks or passive ejection), oldest first."""
+    columns = [
+        _Column("domain", flexible=True, shortest=12),
+        _Column("origin"),
+        _Column("sni", drop=2),
+        _Column("since", drop=3),
+        _Column("reason", flexible=True, drop=1, shortest=20),
+    ]
+    rows: list[list[Cell]] = [
+        [
+            down.domain,
+            Text(down.origin, style="red"),
+            down.sni or "-",
+            _when(down.since, short=width is not None),
+            down.reason or "",
+        ]
+        for down in snap.origins_down
+    ]
+    heading = f"origins down: {len(snap.origins_down)}"
+    return Group(Text(heading, style="bold red"), _table(columns, rows, width=width))
+
+
 def errors_table(snap: Snapshot, *, width: int | None = None) -> Table:
     """The last errors (an error code, or a 5xx), newest first, with their request ids."""
     columns = [
@@ -313,6 +336,8 @@ def print_once(out: IO[str], path: Path, snap: Snapshot, tail: Tail) -> None:
     parts.append(once_table(snap))
     if snap.failures:
         parts += [Text(""), failures_table(snap)]
+    if snap.origins_down:
+        parts += [Text(""), origins_down_section(snap)]
     if snap.client_tls.total:
         parts += [Text(""), client_tls_section(snap)]
     if snap.recent_errors:
@@ -392,6 +417,8 @@ def live_view(
     parts: list[RenderableType] = [header, Text(https_line(snap, rates)), traffic]
     if snap.failures:
         parts.append(failures_table(snap, limit=8, width=width))
+    if snap.origins_down:
+        parts.append(origins_down_section(snap, width=width))
     if snap.client_tls.total:
         parts.append(client_tls_section(snap, limit=8, width=width))
     if snap.recent_errors:
