@@ -33,6 +33,7 @@ JSON_ORIGIN_FIELDS = {
     "sni",
     "verify_name",
     "verify",
+    "client_certificate",
     "verdict",
     "error",
     "tls_version",

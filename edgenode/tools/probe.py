@@ -291,6 +291,7 @@ class ProbeResult:
             "sni": t.sni,
             "verify_name": t.verify_name,
             "verify": t.verify,
+            "client_certificate": _client_cert_json(t),
             "verdict": self.verdict,
             "error": self.error.value if self.error else None,
             "tls_version": self.tls_version,
@@ -518,11 +519,26 @@ def report_text(plan: ProbePlan, results: Sequence[ProbeResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _client_cert_text(target: ProbeTarget) -> str:
+    cert = target.creator.profile.client_certificate
+    if cert is None:
+        return "none"
+    return f"{cert.names[0]} (sha256 {cert.fingerprint[:23]}…, {cert.cert_file})"
+
+
+def _client_cert_json(target: ProbeTarget) -> dict[str, str] | None:
+    cert = target.creator.profile.client_certificate
+    if cert is None:
+        return None
+    return {"cert_file": str(cert.cert_file), "fingerprint_sha256": cert.fingerprint}
+
+
 def _origin_block(r: ProbeResult) -> list[str]:
     t = r.target
     rows: list[tuple[str, str]] = [
         ("sni sent", t.sni or "none (origin SNI is off)"),
         ("verify name", t.verify_name if t.verify else f"{t.verify_name} (verify: false)"),
+        ("client cert", _client_cert_text(t)),
         ("verdict", r.verdict if r.error is None else f"{r.verdict} ({r.error.value})"),
     ]
     if r.tls_version:
