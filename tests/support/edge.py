@@ -80,8 +80,10 @@ class EdgeProcess:
 
     `config` is the SPEC §3 mapping; `listen`, `admin.listen`,
     `admin.token_file` and `access_log` are filled in when absent (loopback
-    ports picked here, `admin.token`, `access.log`). The admin token file is
-    written beforehand with a random token (`admin_token`) unless it exists.
+    ports picked here, `admin.token`, `access.log`). A tcp: `listen_tls` is
+    left as given; its port is `https_port`, and `start()` waits for it too.
+    The admin token file is written beforehand with a random token
+    (`admin_token`) unless it exists.
     `plugin`/`plugin_args` change the twistd sub-command, for testing this
     class itself.
     """
@@ -114,6 +116,9 @@ class EdgeProcess:
                 f"listen must be a tcp: endpoint for tests, got {self.config['listen']!r}"
             )
         self.port: int = port
+        # The HTTPS listener (SPEC §8), when the config has a tcp: `listen_tls`.
+        listen_tls = self.config.get("listen_tls")
+        self.https_port: int | None = endpoint_port(str(listen_tls)) if listen_tls else None
         self.admin_port: int | None = None
         self.admin_token: str | None = None
         if isinstance(admin, dict):
@@ -174,6 +179,8 @@ class EdgeProcess:
         _running.add(self._proc)
         deadline = time.monotonic() + timeout
         ports = [("listen", self.port)]
+        if self.https_port is not None:
+            ports.append(("listen_tls", self.https_port))  # a connect without a byte
         if self.wait_admin and self.admin_port is not None:
             ports.append(("admin.listen", self.admin_port))
         for what, port in ports:
