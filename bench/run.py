@@ -6,6 +6,17 @@
     python3 bench/run.py --only edgenode      # one edge (no ratios)
     python3 bench/run.py --quick --client-tls # also each cell with HTTPS from the client
     python3 bench/run.py --duration 20 --markdown /tmp/results.md
+    python3 bench/run.py --quick --only nginx,aiohttp   # several edges: comma-separated
+    python3 bench/run.py --quick --baseline ca29935     # also that commit's edgenode, same cells
+
+Edge kinds: `nginx`, `edgenode` (the installed one, this checkout), `aiohttp` (the Python
+peer, bench/peers/aiohttp_proxy.py: aiohttp + uvloop doing the same job, in the default
+run when aiohttp and uvloop import or install), and with `--baseline REF` (a commit of
+this repository, exported with `git archive` into the temp dir) or `--baseline-path DIR`
+(a checkout already on disk) `edgenode@<commit>`: that copy's own `twistd edgenode`
+plugin and package (PYTHONPATH=<copy> first, cwd outside any checkout), proven at start
+by the `edgenode.__file__` it prints, and given only the config keys its `edgenode check`
+knows (no HTTPS listener before issue 13: its https cells are skipped with a note).
 
 What it does, in order:
 
@@ -20,7 +31,9 @@ What it does, in order:
 4. for every (body, connections) cell and each edge: starts the edge fresh, pinned to
    the edge core (nginx: 1 worker, upstream keepalive, `proxy_ssl_server_name on`,
    `proxy_ssl_verify on`, buffered access log; edgenode: `twistd -n edgenode` with
-   origin SNI, the bench CA and its access log on), checks correctness (bodies byte
+   origin SNI, the bench CA and its access log on; aiohttp: one process, pooled TLS to
+   the origin with SNI and verification, no access log unless --aiohttp-access-log),
+   checks correctness (bodies byte
    for byte, the SNI the origin saw per domain), runs `wrk` for a warm-up and then
    the measured run, pinned to the load core, and samples /proc around it; an https
    cell (--client-tls) gives both edges an HTTPS listener with that leaf as well and
@@ -50,6 +63,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -63,7 +77,8 @@ LOOPBACK = "127.0.0.1"
 HOST_A = "bench-a.test"
 HOST_B = "bench-b.test"
 BODIES = {"1k": 1024, "64k": 65536}
-EDGES = ("nginx", "edgenode")
+# Edge kinds in the order of a cell's rows; a baseline edgenode (--baseline) follows edgenode.
+EDGES = ("nginx", "edgenode", "aiohttp")
 # How the client (wrk, the check) reaches the edge: plain HTTP, or HTTPS to the edge's
 # own certificate (SPEC §8). The origin side is HTTPS with SNI in both.
 SCHEMES = ("http", "https")
@@ -71,10 +86,27 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # twistd has no `python -m` entry point; this is what the console script runs.
 TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+# Before twistd starts: one line naming the `edgenode` package this process imported and
+# the plugin module that `twistd edgenode` will use (the same lookup: twisted.plugins'
+# __path__, first match wins), with the module it loads. Every edgenode module imported
+# later comes from that package's directory, so the line proves which code runs.
+PROVENANCE_TAG = "bench-provenance:"
+TWISTD_WITH_PROVENANCE = (
+    "import edgenode, twisted.plugins.edgenode_plugin as p; "
+    "from twisted.application.service import ServiceMaker; "
+    f"print({PROVENANCE_TAG!r}, edgenode.__file__, p.__file__, "
+    "','.join(v.module for v in vars(p).values() if isinstance(v, ServiceMaker)), "
+    "sep='\\t', flush=True); " + TWISTD
+)
+PEER_AIOHTTP = BENCH_DIR / "peers" / "aiohttp_proxy.py"
 
 
 class BenchError(Exception):
     """A reason to stop the benchmark, printed as is."""
+
+
+class CellSkipped(Exception):
+    """An edge that cannot take part in a cell by design (a baseline without HTTPS)."""
 
 
 def log(message: str) -> None:
@@ -150,6 +182,32 @@ def ensure_python_deps() -> None:
     importlib.invalidate_caches()
 
 
+AIOHTTP_DEPS = ("aiohttp", "uvloop")  # the Python peer (bench/peers/aiohttp_proxy.py)
+
+
+def aiohttp_importable() -> bool:
+    check = [sys.executable, "-c", "import " + ", ".join(AIOHTTP_DEPS)]
+    return subprocess.run(check, capture_output=True, cwd="/", timeout=120).returncode == 0
+
+
+def ensure_aiohttp(required: bool) -> bool:
+    """aiohttp and uvloop for the `aiohttp` peer, pip-installed when missing.
+
+    True when they import. When they cannot be installed: a BenchError if the run asked
+    for the peer by name (`--only aiohttp`), else False and the peer is left out.
+    """
+    if aiohttp_importable():
+        return True
+    cmd = [sys.executable, "-m", "pip", "install", *AIOHTTP_DEPS]
+    log(f"installing the Python peer's dependencies: {shlex.join(cmd)}")
+    ok = subprocess.run(cmd, timeout=900).returncode == 0 and aiohttp_importable()
+    if not ok:
+        if required:
+            raise BenchError(f"`{shlex.join(cmd)}` failed: the aiohttp peer cannot run")
+        log("aiohttp/uvloop could not be installed: the aiohttp peer is left out of this run")
+    return ok
+
+
 # --- processes ------------------------------------------------------------------------------
 
 
@@ -160,11 +218,18 @@ class Processes:
         self._procs: list[subprocess.Popen[bytes]] = []
         atexit.register(self.stop_all)
 
-    def spawn(self, cmd: Sequence[str], output: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    def spawn(
+        self,
+        cmd: Sequence[str],
+        output: Path,
+        cwd: Path,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
         with open(output, "ab") as out:
             proc = subprocess.Popen(
                 list(cmd),
                 cwd=cwd,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -247,6 +312,100 @@ def tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except FileNotFoundError:
         return "(missing)"
+
+
+# --- the baseline: another edgenode, benched beside this one ----------------------------------
+
+
+@dataclass
+class Baseline:
+    """An edgenode other than the installed one: a commit exported to the temp dir, or a
+    checkout already on disk. Its edge kind is `edgenode@<label>`."""
+
+    root: Path  # holds its edgenode/ package and twisted/plugins/edgenode_plugin.py
+    label: str  # the short commit, or `git describe` of the checkout, or the dir's name
+    source: str  # how it was made, for the notes
+
+    @property
+    def kind(self) -> str:
+        return f"edgenode@{self.label}"
+
+    def env(self) -> dict[str, str]:
+        """The environment its processes run with: the copy first on the module path.
+
+        With a cwd outside any checkout (the bench's temp dir), `import edgenode` then
+        finds the copy's package before the installed one (a .pth entry, later on
+        sys.path), and twistd finds the copy's plugin first: twisted.plugins' __path__
+        follows sys.path, and the first `edgenode_plugin` module found wins.
+        """
+        path = [str(self.root), *filter(None, [os.environ.get("PYTHONPATH")])]
+        return dict(os.environ, PYTHONPATH=os.pathsep.join(path))
+
+    def cli_module(self) -> str:
+        """Where its `edgenode check` lives (edgenode.cli before issue 12's tools/)."""
+        for module in ("edgenode.tools.cli", "edgenode.cli"):
+            if (self.root / (module.replace(".", "/") + ".py")).is_file():
+                return module
+        raise BenchError(f"no edgenode/tools/cli.py or edgenode/cli.py under {self.root}")
+
+
+def git(*args: str, cwd: Path = ROOT) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(cwd), *args], capture_output=True, text=True, timeout=120
+    )
+    if done.returncode != 0:
+        raise BenchError(f"`git {shlex.join(args)}` in {cwd} failed: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def prepare_baseline(args: argparse.Namespace, tmp: Path) -> Baseline | None:
+    """The `--baseline REF` commit exported with `git archive` (no network, nothing in
+    this checkout touched), or the `--baseline-path DIR` checkout; None without either."""
+    if args.baseline:
+        sha = git("rev-parse", "--verify", "--end-of-options", f"{args.baseline}^{{commit}}")
+        label = git("rev-parse", "--short", sha)
+        root = tmp / f"baseline-{label}"
+        archive = tmp / f"baseline-{label}.tar"
+        git("archive", "--format=tar", "-o", str(archive), sha)
+        with tarfile.open(archive) as tar:
+            tar.extractall(root, filter="data")
+        archive.unlink()
+        source = f"commit {sha[:12]} ({args.baseline}) exported with `git archive` to {root}"
+    elif args.baseline_path:
+        root = Path(args.baseline_path).resolve()
+        label = root.name
+        with contextlib.suppress(BenchError):
+            if Path(git("rev-parse", "--show-toplevel", cwd=root)).resolve() == root:
+                label = git("describe", "--always", "--dirty", cwd=root)
+        source = f"the checkout {root}"
+    else:
+        return None
+    for needed in ("edgenode/__init__.py", "twisted/plugins/edgenode_plugin.py"):
+        if not (root / needed).is_file():
+            raise BenchError(f"the baseline {root} has no {needed}: not an edgenode checkout")
+    baseline = Baseline(root, label, source)
+    log(f"baseline: {baseline.kind} from {source}")
+    return baseline
+
+
+def drop_key(node: Any, path: str) -> bool:
+    """Remove the key at `path` ('tls.certificates', 'domains.a.b.origins[0].x': the
+    problem paths of `edgenode check`; a key may itself hold dots); True if found."""
+    if isinstance(node, dict):
+        if path in node:
+            del node[path]
+            return True
+        for key in list(node):
+            name = str(key)
+            if path.startswith(name + ".") and drop_key(node[key], path[len(name) + 1 :]):
+                return True
+            if path.startswith(name + "[") and drop_key(node[key], path[len(name) :]):
+                return True
+    elif isinstance(node, list):
+        match = re.fullmatch(r"\[(\d+)\]\.(.+)", path)
+        if match and int(match.group(1)) < len(node):
+            return drop_key(node[int(match.group(1))], match.group(2))
+    return False
 
 
 # --- /proc sampling -------------------------------------------------------------------------
@@ -468,10 +627,14 @@ class Running:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, tmp: Path, procs: Processes) -> None:
+    def __init__(
+        self, args: argparse.Namespace, tmp: Path, procs: Processes, kinds: list[str]
+    ) -> None:
         self.args = args
         self.tmp = tmp
         self.procs = procs
+        self.kinds = kinds  # of EDGES, in row order; a baseline is added by run()
+        self.baseline: Baseline | None = None
         self.nginx = nginx_binary() or "nginx"
         cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) >= 2:
@@ -487,6 +650,9 @@ class Bench:
         self.failures: list[str] = []  # cells not timed (with --keep-going)
         self.spreads: list[str] = []  # per cell, with --repeat
         self.negotiated: dict[str, str] = {}  # per edge: TLS version and cipher to clients
+        self.provenance: dict[str, str] = {}  # per edgenode kind: the code that ran
+        self.dropped_keys: set[str] = set()  # config keys the baseline does not know
+        self.skips: list[str] = []  # why an edge sat out some cells (notes)
 
     def taskset(self, cpu: int) -> list[str]:
         if cpu == self.edge_cpu and self.args.workers > 1:
@@ -650,45 +816,101 @@ class Bench:
         }
         return config
 
-    def start_edgenode(self, tag: str, client_tls: bool) -> Running:
+    def edgenode_check(self, kind: str, config: dict[str, Any], path: Path, tls: bool) -> None:
+        """Write `config` to `path` and have that edgenode's `edgenode check` accept it.
+
+        A baseline is given only the keys it knows: the keys its check calls unknown are
+        dropped (and named in the notes), until it accepts the rest. One whose check does
+        not know `listen_tls` has no HTTPS listener: an https cell is skipped for it.
+        """
         import yaml
 
-        access_log = self.tmp / f"edgenode-access-{tag}.log"
-        for attempt in range(3):
-            port, admin_port, *more = free_ports(3 if client_tls else 2)
-            tls_port = more[0] if more else None
-            config = self.edgenode_config(port, admin_port, tls_port, access_log)
-            config_path = self.tmp / "edgenode.yaml"
-            config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        baseline = self.baseline if kind != "edgenode" else None
+        module = baseline.cli_module() if baseline else "edgenode.tools.cli"
+        for _ in range(10):  # bounded: every pass drops at least one key
+            path.write_text(yaml.safe_dump(config, sort_keys=False))
             check = subprocess.run(
                 [
                     sys.executable,
                     "-c",
-                    "import sys; from edgenode.tools.cli import main; sys.exit(main())",
+                    f"import sys; from {module} import main; sys.exit(main())",
                     "check",
-                    str(config_path),
+                    str(path),
                 ],
                 capture_output=True,
                 cwd=self.tmp,
+                env=baseline.env() if baseline else None,
                 text=True,
                 timeout=60,
             )
-            if check.returncode != 0 and client_tls:
+            if check.returncode == 0:
+                return
+            if baseline is None and tls:
                 raise BenchError(
                     "edgenode refused the config of the https cell (listen_tls and "
                     "tls.certificates, SPEC §8): this edgenode does not serve HTTPS to "
                     f"clients yet, or no longer takes that syntax. `edgenode check` said:\n"
                     f"{check.stderr.rstrip()}"
                 )
-            if check.returncode != 0:
-                raise BenchError(f"edgenode check rejected the bench config:\n{check.stderr}")
-            twistd_log = self.tmp / "edgenode-twistd.log"
-            output = self.tmp / "edgenode.out"
+            problems = [ln.strip() for ln in check.stderr.splitlines() if ln.startswith("  ")]
+            unknown = [m.group(1) for ln in problems if (m := re.match(r"(\S+): unknown key ", ln))]
+            if baseline is None or not unknown or len(unknown) != len(problems):
+                raise BenchError(
+                    f"{kind}: edgenode check rejected the bench config:\n{check.stderr}"
+                )
+            if tls and "listen_tls" in unknown:
+                raise CellSkipped(
+                    f"{kind} has no HTTPS listener for clients (its `edgenode check` does not "
+                    "know `listen_tls`): its https cells are skipped"
+                )
+            dropped = [key for key in unknown if drop_key(config, key)]
+            if not dropped:
+                raise BenchError(f"{kind}: could not drop {unknown} from the bench config")
+            self.dropped_keys.update(dropped)
+        raise BenchError(f"{kind}: edgenode check still refuses the config:\n{check.stderr}")
+
+    def check_provenance(self, kind: str, output: Path, mark: int) -> None:
+        """The edge's `edgenode` package and twistd plugin came from the expected place: the
+        baseline's directory for the baseline, and not it for this edgenode."""
+        text = output.read_bytes()[mark:].decode(errors="replace")
+        lines = [ln for ln in text.splitlines() if ln.startswith(PROVENANCE_TAG)]
+        if not lines:
+            raise BenchError(f"{kind} printed no {PROVENANCE_TAG!r} line to {output}")
+        package, plugin, loads = lines[-1].split("\t")[1:4]
+        package_root = Path(package).resolve().parent.parent  # <root>/edgenode/__init__.py
+        plugin_root = Path(plugin).resolve().parent.parent.parent  # <root>/twisted/plugins/x
+        baseline_root = self.baseline.root if self.baseline is not None else None
+        if kind == "edgenode":
+            wrong = package_root == baseline_root or plugin_root != package_root
+            expected = "both from one checkout, not the baseline's"
+        else:
+            wrong = package_root != baseline_root or plugin_root != baseline_root
+            expected = f"both under {baseline_root}"
+        if wrong:
+            raise BenchError(
+                f"{kind} ran the wrong code: `edgenode` from {package}, the twistd plugin "
+                f"from {plugin} (expected {expected})"
+            )
+        self.provenance[kind] = f"`edgenode` from {package}, twistd plugin {plugin} (loads {loads})"
+
+    def start_edgenode(self, kind: str, tag: str, client_tls: bool) -> Running:
+        """This edgenode (kind `edgenode`, the installed one) or the baseline's."""
+        slug = kind.replace("@", "-")
+        baseline = self.baseline if kind != "edgenode" else None
+        access_log = self.tmp / f"{slug}-access-{tag}.log"
+        for attempt in range(3):
+            port, admin_port, *more = free_ports(3 if client_tls else 2)
+            tls_port = more[0] if more else None
+            config = self.edgenode_config(port, admin_port, tls_port, access_log)
+            config_path = self.tmp / f"{slug}.yaml"
+            self.edgenode_check(kind, config, config_path, client_tls)
+            twistd_log = self.tmp / f"{slug}-twistd.log"
+            output = self.tmp / f"{slug}.out"
             cmd = [
                 *self.taskset(self.edge_cpu),
                 sys.executable,
                 "-c",
-                TWISTD,
+                TWISTD_WITH_PROVENANCE,
                 "-n",
                 "--pidfile=",
                 "--logfile",
@@ -698,13 +920,15 @@ class Bench:
                 str(config_path),
             ]
             mark = twistd_log.stat().st_size if twistd_log.exists() else 0
-            proc = self.procs.spawn(cmd, output, self.tmp)
+            out_mark = output.stat().st_size if output.exists() else 0
+            env = baseline.env() if baseline else None
+            proc = self.procs.spawn(cmd, output, self.tmp, env)
             try:
                 wait_until(
                     lambda admin_port=admin_port: healthz(admin_port),
                     lambda proc=proc: proc.poll() is None,
                     30,
-                    "edgenode",
+                    kind,
                 )
                 for listening, what in ((port, "listener"), (tls_port, "HTTPS listener")):
                     if listening is None:
@@ -713,10 +937,11 @@ class Bench:
                         lambda listening=listening: port_open(listening),
                         lambda proc=proc: proc.poll() is None,
                         10,
-                        f"edgenode {what}",
+                        f"{kind} {what}",
                     )
+                self.check_provenance(kind, output, out_mark)
                 return Running(
-                    "edgenode",
+                    kind,
                     proc,
                     port,
                     [twistd_log, output],
@@ -734,6 +959,62 @@ class Bench:
                 ) from None
         raise AssertionError("unreachable")
 
+    def start_aiohttp(self, tag: str, client_tls: bool) -> Running:
+        """The Python peer (bench/peers/aiohttp_proxy.py): one process, pinned like the edges;
+        with `client_tls` also its HTTPS listener with the edges' certificate."""
+        assert self.origin is not None
+        access_log = self.tmp / f"aiohttp-access-{tag}.log"
+        output = self.tmp / "aiohttp.out"
+        for attempt in range(3):
+            port, *more = free_ports(2 if client_tls else 1)
+            tls_port = more[0] if more else None
+            cmd = [
+                *self.taskset(self.edge_cpu),
+                sys.executable,
+                str(PEER_AIOHTTP),
+                "--port",
+                str(port),
+                "--origin",
+                f"{LOOPBACK}:{self.origin.port}",
+                "--ca-file",
+                str(self.ca_file),
+                "--route",
+                f"{HOST_A}={HOST_A}",
+                "--route",
+                f"{HOST_B}={HOST_B}",
+            ]
+            if self.args.aiohttp_access_log:
+                cmd += ["--access-log", str(access_log)]
+            if tls_port is not None:
+                cert, key = self.edge_leaf
+                cmd += ["--tls-port", str(tls_port), "--tls-cert", str(cert), "--tls-key", str(key)]
+            mark = output.stat().st_size if output.exists() else 0
+            proc = self.procs.spawn(cmd, output, self.tmp)
+            try:
+                for listening in (port, *more):
+                    wait_until(
+                        lambda listening=listening: port_open(listening),
+                        lambda proc=proc: proc.poll() is None,
+                        30,
+                        "aiohttp peer",
+                    )
+                return Running(
+                    "aiohttp",
+                    proc,
+                    port,
+                    [output],
+                    access_log if self.args.aiohttp_access_log else None,
+                    mark,
+                    tls_port=tls_port,
+                )
+            except BenchError as exc:
+                self.procs.stop(proc)
+                text = output.read_bytes()[mark:].decode(errors="replace")
+                if "address already in use" in text.lower() and attempt < 2:
+                    continue
+                raise BenchError(f"{exc}\n--- {output}:\n{text[-4000:]}") from None
+        raise AssertionError("unreachable")
+
     # -- correctness --
 
     def check_edge(self, edge: Running, body: str, scheme: str) -> None:
@@ -747,7 +1028,8 @@ class Bench:
         """
         port = edge.client_port(scheme)
         tls = self.client_tls if scheme == "https" else None
-        hosts = [HOST_A] + ([HOST_B] if edge.name == "edgenode" else [])
+        # nginx proxies bench-a.test only; edgenode and the aiohttp peer route both domains.
+        hosts = [HOST_A] + ([HOST_B] if edge.name != "nginx-edge" else [])
         for host in hosts:
             for name in dict.fromkeys(("1k", body)):
                 status, got = get(port, f"/{name}", host, tls=tls)
@@ -805,7 +1087,9 @@ class Bench:
     def start_edge(self, edge_kind: str, tag: str, client_tls: bool) -> Running:
         if edge_kind == "nginx":
             return self.start_nginx_edge(tag, client_tls)
-        return self.start_edgenode(tag, client_tls)
+        if edge_kind == "aiohttp":
+            return self.start_aiohttp(tag, client_tls)
+        return self.start_edgenode(edge_kind, tag, client_tls)  # edgenode or the baseline
 
     def measure(self, edge_kind: str, body: str, conns: int, scheme: str) -> dict[str, Any]:
         tag = f"{body}-{conns}-{scheme}"
@@ -828,7 +1112,7 @@ class Bench:
             edge_core1 = core_busy_ticks(self.edge_cpu)
             if edge.proc.poll() is not None:
                 raise BenchError(f"{edge.name} died during the run")
-            # nginx: the worker's peak RSS; edgenode: its process (and any workers) summed.
+            # nginx: the worker's peak RSS; the others: their process (and any workers) summed.
             pids = edge.worker_pids() if edge_kind == "nginx" else process_tree(root)
             hwm_kib = sum(vm_hwm_kib(pid) for pid in pids)
         finally:
@@ -859,21 +1143,27 @@ class Bench:
         label = row_label(result)
         if result["errors"]:
             self.anomalies.append(f"{label}: wrk reported errors: {result['error_text']}")
-        assert edge.access_log is not None
-        lines = count_lines(edge.access_log)
-        result["log_lines"] = lines
-        if lines < result["requests"]:
-            self.anomalies.append(
-                f"{label}: access log has {lines} lines for {result['requests']} measured "
-                "requests (access log not on?)"
-            )
-        edge.access_log.unlink(missing_ok=True)  # they get large; the count is what we keep
-        if edge.name == "edgenode":
+        if edge.access_log is not None:  # None: the aiohttp peer without --aiohttp-access-log
+            lines = count_lines(edge.access_log)
+            result["log_lines"] = lines
+            if lines < result["requests"]:
+                self.anomalies.append(
+                    f"{label}: access log has {lines} lines for {result['requests']} measured "
+                    "requests (access log not on?)"
+                )
+            edge.access_log.unlink(missing_ok=True)  # they get large; the count is kept
+        if edge.name.startswith("edgenode"):
             twistd_log = edge.log_files[0]
             text = twistd_log.read_text(errors="replace")[edge.log_mark :]
             bad = [ln for ln in text.splitlines() if re.search(r"Traceback|Unhandled|CRITICAL", ln)]
             if bad:
                 self.anomalies.append(f"{label}: twistd log: {len(bad)} lines like {bad[0]!r}")
+        elif edge.name == "aiohttp":
+            text = edge.log_files[0].read_bytes()[edge.log_mark :].decode(errors="replace")
+            pattern = r"Traceback|Error handling request|Unclosed|Exception"
+            bad = [ln for ln in text.splitlines() if re.search(pattern, ln)]
+            if bad:
+                self.anomalies.append(f"{label}: peer output: {len(bad)} lines like {bad[0]!r}")
         else:
             text = edge.log_files[0].read_text(errors="replace")
             bad = [ln for ln in text.splitlines() if re.search(r"\[(error|crit|alert|emerg)\]", ln)]
@@ -900,10 +1190,11 @@ class Bench:
         repeat = self.args.repeat
         runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in edges}
         failed: set[str] = set()
-        # Rounds alternate the edges, so both see the same stretch of machine noise.
+        skipped: set[str] = set()
+        # Rounds alternate the edges, so all see the same stretch of machine noise.
         for round_no in range(repeat):
             for kind in edges:
-                if kind in failed:
+                if kind in failed or kind in skipped:
                     continue
                 label = row_label({"edge": kind, "body": body, "conns": conns, "client": scheme})
                 log(
@@ -912,6 +1203,12 @@ class Bench:
                 )
                 try:
                     result = self.measure(kind, body, conns, scheme)
+                except CellSkipped as exc:
+                    log(f"  skipped: {exc}")
+                    if str(exc) not in self.skips:
+                        self.skips.append(str(exc))
+                    skipped.add(kind)
+                    continue
                 except BenchError as exc:
                     if not self.args.keep_going:
                         raise
@@ -936,13 +1233,24 @@ class Bench:
                     + f"{other[-1]:.0%} of the edge core during the measured run"
                     + ("s" if len(other) > 1 else "")
                 )
-            rows.append((row | {"failed": True}) if kind in failed else self.median_run(runs[kind]))
+            if kind in skipped:
+                rows.append(row | {"skipped": True})
+            elif kind in failed:
+                rows.append(row | {"failed": True})
+            else:
+                rows.append(self.median_run(runs[kind]))
         return rows
 
     def run(self) -> list[dict[str, Any]]:
+        self.baseline = prepare_baseline(self.args, self.tmp)
+        if self.baseline is not None and "edgenode" in self.kinds:
+            at = self.kinds.index("edgenode") + 1  # the baseline's row right under edgenode's
+            self.kinds.insert(at, self.baseline.kind)
+        elif self.baseline is not None:
+            self.kinds.append(self.baseline.kind)
         self.make_pki_and_files()
         self.start_origin()
-        edges = [e for e in EDGES if self.args.only in (None, e)]
+        edges = self.kinds
         results = []
         # The https row of a cell comes right after its plain row, so they read side by side.
         cells = [
@@ -1101,7 +1409,11 @@ COLUMNS = (
     ("CPU ratio", "r_cpu"),
     ("p99 ratio", "r_p99"),
     ("RSS ratio", "r_rss"),
+    # edgenode ÷ the baseline edgenode (--baseline): shown only when a baseline ran.
+    ("req/s vs baseline", "b_rps"),
+    ("CPU vs baseline", "b_cpu"),
 )
+BASELINE_COLUMNS = ("b_rps", "b_cpu")
 
 
 LABELS = ("edge", "body", "conns", "client")  # the columns that name a row (left-aligned)
@@ -1114,33 +1426,48 @@ def row_label(row: dict[str, Any]) -> str:
 
 
 def columns(results: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """COLUMNS, without `client` when every row is plain HTTP (tables as before --client-tls)."""
-    if any(r.get("client", "http") != "http" for r in results):
-        return list(COLUMNS)
-    return [c for c in COLUMNS if c[1] != "client"]
+    """COLUMNS, without `client` when every row is plain HTTP (tables as before --client-tls)
+    and without the `vs baseline` ones when no row has them (no --baseline)."""
+    shown = list(COLUMNS)
+    if all(r.get("client", "http") == "http" for r in results):
+        shown = [c for c in shown if c[1] != "client"]
+    if not any(key in r for r in results for key in BASELINE_COLUMNS):
+        shown = [c for c in shown if c[1] not in BASELINE_COLUMNS]
+    return shown
 
 
-def add_ratios(results: list[dict[str, Any]]) -> None:
-    """Each edgenode row divided by the nginx row of the same cell (and scheme) in this run."""
-    ok = [r for r in results if not r.get("failed")]
-    nginx = {(r["body"], r["conns"], r["client"]): r for r in ok if r["edge"] == "nginx"}
+def add_ratios(results: list[dict[str, Any]], baseline_kind: str | None = None) -> None:
+    """Each row other than nginx's divided by the nginx row of the same cell (and scheme)
+    in this run; with a baseline, each edgenode row also by the baseline's row."""
+    ok = [r for r in results if not r.get("failed") and not r.get("skipped")]
+
+    def by_cell(kind: str | None) -> dict[tuple[Any, ...], dict[str, Any]]:
+        return {(r["body"], r["conns"], r["client"]): r for r in ok if r["edge"] == kind}
+
+    nginx, old = by_cell("nginx"), by_cell(baseline_kind)
     for row in ok:
-        base = nginx.get((row["body"], row["conns"], row["client"]))
-        if row["edge"] == "nginx" or base is None:
-            continue
-        for key, metric in (
-            ("r_rps", "rps"),
-            ("r_cpu", "cpu_us_per_req"),
-            ("r_p99", "p99_ms"),
-            ("r_rss", "rss_mib"),
-        ):
-            row[key] = row[metric] / base[metric] if base[metric] else float("nan")
+        cell_key = (row["body"], row["conns"], row["client"])
+        base = nginx.get(cell_key)
+        if row["edge"] != "nginx" and base is not None:
+            for key, metric in (
+                ("r_rps", "rps"),
+                ("r_cpu", "cpu_us_per_req"),
+                ("r_p99", "p99_ms"),
+                ("r_rss", "rss_mib"),
+            ):
+                row[key] = row[metric] / base[metric] if base[metric] else float("nan")
+        before = old.get(cell_key)
+        if row["edge"] == "edgenode" and before is not None:
+            for key, metric in (("b_rps", "rps"), ("b_cpu", "cpu_us_per_req")):
+                row[key] = row[metric] / before[metric] if before[metric] else float("nan")
 
 
 def cell(row: dict[str, Any], key: str) -> str:
     value = row.get(key)
     if row.get("failed") and key == "rps":
         return "not timed"
+    if row.get("skipped") and key == "rps":
+        return "skipped"
     if value is None:
         return "—"
     if key in ("edge", "body", "client"):
@@ -1204,7 +1531,9 @@ def https_note(negotiated: dict[str, str]) -> str:
 # --- versions and machine -------------------------------------------------------------------
 
 
-def versions() -> dict[str, str]:
+def versions(kinds: Sequence[str] = (), baseline: Baseline | None = None) -> dict[str, str]:
+    import importlib.metadata
+
     import httptools
     import OpenSSL
     from OpenSSL import SSL
@@ -1223,8 +1552,16 @@ def versions() -> dict[str, str]:
         text=True,
         timeout=30,
     ).stdout.strip()
+    peers = {}
+    if "aiohttp" in kinds:
+        for name in AIOHTTP_DEPS:
+            with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+                peers[name] = importlib.metadata.version(name)
+    if baseline is not None:
+        peers["baseline"] = f"{baseline.kind} ({baseline.source})"
     return {
         "edgenode": git or "?",
+        **peers,
         "python": platform.python_version(),
         "twisted": twisted.__version__,
         "pyopenssl": OpenSSL.__version__,
@@ -1256,6 +1593,42 @@ def machine() -> dict[str, str]:
     }
 
 
+def edge_notes(bench: Bench) -> list[str]:
+    """What the rows of the aiohttp peer and of a baseline are, and where their code came from."""
+    notes = []
+    if "aiohttp" in bench.kinds:
+        notes.append(
+            "aiohttp rows: bench/peers/aiohttp_proxy.py, an aiohttp + uvloop reverse proxy in "
+            "one process (whatever --workers says), pinned like the edges: routes by Host, "
+            "TLS to the origin with SNI and verification against the bench CA, a keep-alive "
+            "pool (TCPConnector), bodies streamed both ways, hop-by-hop headers dropped, "
+            "X-Forwarded-For appended. "
+            + (
+                "With an access log (--aiohttp-access-log): one JSON line per request, "
+                "buffered 64 KiB and flushed every second, as nginx's."
+                if bench.args.aiohttp_access_log
+                else "No access log (nginx and edgenode write one): pass "
+                "--aiohttp-access-log to give it one, one JSON line per request."
+            )
+        )
+    if bench.baseline is not None:
+        kind = bench.baseline.kind
+        notes.append(
+            f"{kind} rows: {bench.baseline.source}, run with PYTHONPATH=<that copy> from the "
+            "temp dir, so its own package and twistd plugin are used; `vs baseline` columns "
+            f"are edgenode ÷ {kind}, same cell, same run."
+        )
+        if bench.dropped_keys:
+            notes.append(
+                f"{kind} does not know these keys of the bench config, left out for it: "
+                + ", ".join(sorted(bench.dropped_keys))
+                + "."
+            )
+    notes += bench.skips
+    notes += [f"{kind} ran {where}." for kind, where in bench.provenance.items()]
+    return notes
+
+
 def render_markdown(
     results: list[dict[str, Any]],
     args: argparse.Namespace,
@@ -1266,10 +1639,15 @@ def render_markdown(
     failures: list[str],
     spreads: list[str],
     negotiated: dict[str, str],
+    kinds: Sequence[str] = EDGES,
+    notes: Sequence[str] = (),
+    baseline: Baseline | None = None,
 ) -> str:
     command = shlex.join(["python3", "bench/run.py", *args.argv])
+    others = [k for k in kinds if k != "edgenode"]
+    title = "edgenode vs " + ", ".join(others) if "edgenode" in kinds else ", ".join(kinds)
     lines = [
-        f"# edgenode vs nginx, {started:%Y-%m-%d %H:%M} UTC",
+        f"# {title}, {started:%Y-%m-%d %H:%M} UTC",
         "",
         f"Command: `{command}` ({args.warmup:g} s warm-up, then {args.duration:g} s "
         f"measured per run"
@@ -1280,15 +1658,18 @@ def render_markdown(
         "",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in machine().items()) + ".",
         "",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions(kinds, baseline).items()) + ".",
         "",
         "CPU µs/req = (utime+stime+cutime+cstime of the edge's process tree after the run - "
         "before, from /proc/<pid>/stat, in clock ticks → µs) ÷ requests wrk completed. "
         "edge core % = that CPU time ÷ wall time; load core % = busy share of the core "
         "shared by wrk and the origin (near 100 % means the load side, not the edge, set "
-        "the pace). Peak RSS = VmHWM (nginx: its worker). Ratios are edgenode ÷ nginx from "
-        "this run; they carry across runs, absolute figures do not.",
+        "the pace). Peak RSS = VmHWM (nginx: its worker). Ratios are each edge ÷ nginx from "
+        "this run (vs baseline: edgenode ÷ the baseline edgenode); they carry across runs, "
+        "absolute figures do not.",
     ]
+    if notes:
+        lines += ["", "About the edges:", ""] + [f"- {n}" for n in notes]
     if any(r.get("client") == "https" for r in results):
         lines += ["", https_note(negotiated)]
     if spreads:
@@ -1317,7 +1698,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--warmup", type=float, default=2.0, help="seconds of warm-up before each run (2)"
     )
     parser.add_argument("--quick", action="store_true", help="3 s runs, 1k body, 32 connections")
-    parser.add_argument("--only", choices=EDGES, help="benchmark one edge only (no ratios)")
+    parser.add_argument(
+        "--only",
+        metavar="KINDS",
+        help=f"comma-separated edge kinds of {', '.join(EDGES)}, and `baseline` (default: all; "
+        "aiohttp when aiohttp and uvloop import or install). Without nginx there are no "
+        "ratios to nginx",
+    )
+    baseline = parser.add_mutually_exclusive_group()
+    baseline.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also bench the edgenode of this commit of this repository (e.g. ca29935), "
+        "exported with `git archive`, as edge kind edgenode@<commit>, in the same cells",
+    )
+    baseline.add_argument(
+        "--baseline-path",
+        metavar="DIR",
+        help="the same with a checkout already on disk (its edgenode/ and twisted/plugins/)",
+    )
+    parser.add_argument(
+        "--aiohttp-access-log",
+        action="store_true",
+        help="give the aiohttp peer an access log too (one JSON line per request, buffered)",
+    )
     parser.add_argument(
         "--bodies", default="1k,64k", help=f"comma-separated, of {', '.join(BODIES)}"
     )
@@ -1372,6 +1776,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     raw = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(raw)
     args.argv = raw
+    if args.only is not None:
+        only = [k.strip() for k in args.only.split(",") if k.strip()]
+        if not only or not set(only) <= {*EDGES, "baseline"}:
+            parser.error(f"--only: comma-separated, of {', '.join(EDGES)}, baseline")
+        if "baseline" in only and not (args.baseline or args.baseline_path):
+            parser.error("--only baseline needs --baseline REF or --baseline-path DIR")
+        args.only = only
+    has_baseline = args.baseline or args.baseline_path
+    if has_baseline and args.only is not None and not {"baseline", "edgenode"} & set(args.only):
+        parser.error("--baseline is benched beside edgenode: --only must name edgenode")
     if args.quick:
         args.bodies, args.connections = "1k", "32"
     if args.duration is None:
@@ -1415,7 +1829,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ensure_tools()
         ensure_python_deps()
-        bench = Bench(args, tmp, procs)
+        kinds = [k for k in EDGES if args.only is None or k in args.only]
+        if "aiohttp" in kinds and not ensure_aiohttp(required=args.only is not None):
+            kinds.remove("aiohttp")
+        bench = Bench(args, tmp, procs, kinds)
         results = bench.run()
     except BenchError as exc:
         log(f"ABORTED: {exc}")
@@ -1432,9 +1849,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    add_ratios(results)
+    add_ratios(results, bench.baseline.kind if bench.baseline else None)
+    notes = edge_notes(bench)
     print()
     print(text_table(results))
+    for note in notes:
+        print(f"note: {note}")
     if "https" in args.schemes:
         print(f"note: {https_note(bench.negotiated)}")
     for spread in bench.spreads:
@@ -1446,7 +1866,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.markdown:
         path = Path(args.markdown)
     else:
-        suffix = "-quick" if args.quick else (f"-only-{args.only}" if args.only else "")
+        suffix = "-quick" if args.quick else (f"-only-{'+'.join(args.only)}" if args.only else "")
         path = BENCH_DIR / f"results-{started:%Y-%m-%d}{suffix}.md"
     path.write_text(
         render_markdown(
@@ -1459,6 +1879,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.failures,
             bench.spreads,
             bench.negotiated,
+            bench.kinds,
+            notes,
+            bench.baseline,
         )
     )
     print(f"\nMarkdown: {path}")
