@@ -86,6 +86,9 @@ class DataPath:
             )
             self.access_log.write_line(line)
 
+    def origin_unwatched(self, domain: str, route: OriginRoute) -> None:
+        self.monitor.origin_unwatched(domain, route)
+
     def start(self) -> None:
         self.pool.start()
         self.access_log.start(self.reactor)

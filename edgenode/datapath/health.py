@@ -74,6 +74,9 @@ class HealthListener(Protocol):
         self, domain: str, route: OriginRoute, up: bool, reason: str | None
     ) -> None: ...
 
+    def origin_unwatched(self, domain: str, route: OriginRoute) -> None:
+        """A reload removed the route (or its domain's health settings): no state left."""
+
 
 @attrs.define(eq=False)
 class OriginHealth:
@@ -154,6 +157,7 @@ class Health:
                 wanted[key] = state
         for gone in self._states.values():
             self._stop_checking(gone)
+            self.listener.origin_unwatched(gone.domain, gone.route)
         self._states = wanted
         for state in wanted.values():
             if state.check is None:

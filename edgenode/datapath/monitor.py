@@ -23,6 +23,7 @@ duration histogram with `supervisor_families`). Hence the three kinds of process
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from bisect import bisect_left
@@ -316,6 +317,11 @@ class Monitor:
     def origin_state(self, domain: str, route: OriginRoute, up: bool, reason: str | None) -> None:
         """An origin's health changed (or is watched from now on): edgenode_origin_up."""
         self.origin_up.labels(domain, route.label, route.sni or "").set(1 if up else 0)
+
+    def origin_unwatched(self, domain: str, route: OriginRoute) -> None:
+        """No health is kept for it any more: its series goes, as a removed one must."""
+        with contextlib.suppress(KeyError):
+            self.origin_up.remove(domain, route.label, route.sni or "")
 
     def client_handshake(self, result: str) -> None:
         """A client TLS handshake on the HTTPS listener: ok, unknown_sni_rejected, failed."""

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import httptools
+from OpenSSL import SSL
 from twisted.internet import error as neterror
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
 from twisted.internet.protocol import ClientFactory
@@ -117,6 +118,7 @@ class UpstreamConnection(TwistedProtocol):
         self._paused = False
         self._chunked_upload = False
         self._uploading = False  # a client's body is the registered producer
+        self._had_body = False  # a request body was streamed on this connection
         self._waiter: ConnectionWaiter | None = None
         self._handshake_timer: Any = None
         self._listener: ResponseListener | None = None
@@ -197,6 +199,7 @@ class UpstreamConnection(TwistedProtocol):
         """The request body's source, paused while the origin does not keep up."""
         self.transport.registerProducer(producer, True)
         self._uploading = True
+        self._had_body = True
 
     def _stop_upload(self) -> None:
         if self._uploading:
@@ -389,6 +392,16 @@ class UpstreamConnection(TwistedProtocol):
             listener.response_end()  # a body delimited by the connection closing
             return
         reused = self.requests > 1
+        if not self._got_bytes and not reused and isinstance(reason_value(reason), SSL.Error):
+            # TLS 1.3: an origin refuses our client certificate (or lacks one) only after
+            # our side of the handshake is done, with an alert before any response: a TLS
+            # failure of this connection's setup, and the request never reached HTTP.
+            assert self.tls is not None
+            err = self.tls.setup_failure(reason_value(reason))
+            # A body already streamed cannot always be replayed: then it counts as sent.
+            err.request_sent = self._had_body
+            listener.response_failed(err)
+            return
         if not self._got_bytes:
             cls = StaleConnection if reused else OriginError
             listener.response_failed(
@@ -408,6 +421,10 @@ class UpstreamConnection(TwistedProtocol):
                     request_sent=True,
                 )
             )
+
+
+def reason_value(reason: Failure | None) -> BaseException | None:
+    return reason.value if reason is not None else None
 
 
 def setup_failure(tls: ConnectionTLS | None, exc: BaseException | None) -> OriginError:

@@ -59,6 +59,10 @@ VERIFIED = "ok"
 UNVERIFIED = "unverified"  # handshake fine, but the domain has `verify: false`
 
 
+# How long a TLS 1.3 probe waits after its handshake for the origin to refuse the client
+# certificate (an alert comes only then) before it says the handshake succeeded.
+TLS13_SETTLE = 0.5
+
 class ProbeUsageError(Exception):
     """The probe cannot start: bad config, unknown domain, bad `--sni` (exit 2)."""
 
@@ -215,6 +219,16 @@ class HandshakeProbe(Protocol):
         self._cancel_timer()
         self.handshake_ms = (self.clock.seconds() - self._connected_at) * 1000.0
         self._capture()
+        if self.version == "TLSv1.3":
+            # In TLS 1.3 the client's certificate and Finished go out after the client
+            # considers the handshake done, and an origin that refuses them (mTLS) says so
+            # only then, with an alert. Wait for it (or its silence) before the verdict.
+            self._timer = self.clock.callLater(TLS13_SETTLE, self._settled)
+            return
+        self._settled()
+
+    def _settled(self) -> None:
+        self._timer = None
         self._finish(None)
         self.transport.loseConnection()
 
