@@ -658,3 +658,37 @@ def test_the_handle_is_the_tls_connection_never_the_socket(link: Link) -> None:
     link.handshake()
     assert isinstance(link.proto.getHandle(), SSL.Connection)
     assert link.client_sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def _records(*sizes: int) -> bytes:
+    return b"".join(b"\x17\x03\x03" + size.to_bytes(2, "big") + b"x" * size for size in sizes)
+
+
+def test_the_record_framer_counts_each_record_once_whatever_the_split() -> None:
+    """Reads stop after as many recv calls as the read completed records (`_read`): a
+    framer that miscounted across reads would leave plaintext waiting in OpenSSL."""
+    from edgenode.datapath.tlstransport import _RecordFramer
+
+    stream = _records(0, 1, 300, 16384, 4, 2)
+    ends = [5, 11, 316, 16705, 16714, 16721]
+    for cut_a in range(0, len(stream), 7):
+        for cut_b in (cut_a, cut_a + 1, cut_a + 4, cut_a + 5, cut_a + 301, len(stream)):
+            cut_b = min(max(cut_b, cut_a), len(stream))
+            framer = _RecordFramer()
+            counts = [framer.feed(stream[:cut_a]), framer.feed(stream[cut_a:cut_b])]
+            counts.append(framer.feed(stream[cut_b:]))
+            expected = [
+                sum(1 for e in ends if e <= cut_a),
+                sum(1 for e in ends if cut_a < e <= cut_b),
+                sum(1 for e in ends if e > cut_b),
+            ]
+            assert counts == expected, (cut_a, cut_b)
+
+
+def test_the_record_framer_gives_up_on_what_is_not_tls() -> None:
+    from edgenode.datapath.tlstransport import _RecordFramer
+
+    framer = _RecordFramer()
+    assert framer.feed(b"\x80\x2e\x01\x03\x01") == -1  # an SSLv2-style ClientHello
+    assert framer.feed(_records(5)) == -1  # and stays off for the connection
+    assert _RecordFramer().feed(b"GET / HTTP/1.1\r\n") == -1

@@ -85,6 +85,7 @@ class TLSTransport(Protocol):
         self.wrappedProtocol: Any = wrapped
         self._accept = accept
         self.handshake_started = False  # the peer sent a byte of it (a port check sends none)
+        self._framer = _RecordFramer()
         self._new_connection = new_connection
         self._listener = IHandshakeListener.providedBy(wrapped)
         self._tls: SSL.Connection | None = None
@@ -117,13 +118,15 @@ class TLSTransport(Protocol):
         tls = self._tls
         assert tls is not None
         tls.bio_write(data)
+        records = self._framer.feed(data)
         if not self._handshake_done:
             self.handshake_started = True
             if not self._handshake():
                 return
+            records = -1  # some of this read went to the handshake: read until OpenSSL stops
         if self._pending:
             self._send_pending()  # a renegotiation step may have unblocked them
-        self._read()
+        self._read(records)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._lost = True
@@ -166,17 +169,28 @@ class TLSTransport(Protocol):
 
     # -- reading --------------------------------------------------------------
 
-    def _read(self) -> None:
-        """Hand the wrapped protocol what this read decrypted, in one piece."""
+    def _read(self, records: int = -1) -> None:
+        """Hand the wrapped protocol what this read decrypted, in one piece.
+
+        `records` is how many TLS records this read completed (`_RecordFramer`), or -1 when
+        that is not known. Each `recv` takes at least one complete record, so after that
+        many (and nothing left in OpenSSL's buffer) the next one would only raise
+        WantReadError: an exception, and a flush that finds nothing, saved per read.
+        """
         tls = self._tls
         assert tls is not None
         pieces: list[bytes] = []
         closed = False
         failure: Failure | None = None
+        counted = records >= 0
         while True:
+            if counted and records <= 0 and not tls.pending():
+                break
+            records -= 1
             try:
                 pieces.append(tls.recv(_RECV_SIZE))
             except SSL.WantReadError:
+                counted = False  # a record that brought no data (a ticket): flush below
                 break
             except SSL.ZeroReturnError:
                 closed = True
@@ -192,7 +206,9 @@ class TLSTransport(Protocol):
             self._peer_closed()
         elif failure is not None:
             self._fail(failure)
-        else:
+        elif not counted:
+            # OpenSSL may have something to send (an answer to a post-handshake message);
+            # after a read of application data only, it goes with our next write.
             self._flush(_FLUSH_SIZE)
 
     def _at_eof(self) -> None:
@@ -376,6 +392,50 @@ class TLSTransport(Protocol):
 
     def getHost(self) -> Any:
         return self.transport.getHost()
+
+
+class _RecordFramer:
+    """Counts the TLS records a read completes, following the record layer's framing
+    (type, version, 16-bit length) from the stream's first byte. Anything that does not
+    look like TLS records (an SSLv2-style hello, garbage) turns it off for good: then
+    `feed` says -1, "not known", and reads go on until OpenSSL stops, as before."""
+
+    __slots__ = ("_header", "_left", "broken")
+
+    def __init__(self) -> None:
+        self._left = 0  # bytes of the current record's body still to come
+        self._header = b""  # the start of a record header cut by the end of a read
+        self.broken = False
+
+    def feed(self, data: bytes) -> int:
+        if self.broken:
+            return -1
+        complete = 0
+        size = len(data)
+        pos = self._left
+        if pos:
+            if pos > size:
+                self._left = pos - size
+                return 0
+            complete = 1
+        if self._header:
+            data = self._header + data[pos:]
+            size = len(data)
+            pos = 0
+            self._header = b""
+        while pos + 5 <= size:
+            if not 20 <= data[pos] <= 23 or data[pos + 1] != 3:
+                self.broken = True
+                return -1
+            end = pos + 5 + ((data[pos + 3] << 8) | data[pos + 4])
+            if end > size:
+                self._left = end - size
+                return complete
+            complete += 1
+            pos = end
+        self._left = 0
+        self._header = data[pos:]
+        return complete
 
 
 def _set_nodelay(transport: Any) -> None:
