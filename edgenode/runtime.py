@@ -58,8 +58,10 @@ def build_runtime(config: Config, generation: int, previous: Runtime | None = No
     """
     profiles = _Profiles(config, previous)
     profile = profiles.get(None)
+    before = previous.domains if previous is not None else {}
     domains = {
-        name: _domain_runtime(domain, profiles) for name, domain in config.domains.items()
+        name: _kept(before.get(name), domain, profiles) or _domain_runtime(domain, profiles)
+        for name, domain in config.domains.items()
     }
     return Runtime(
         config,
@@ -120,6 +122,22 @@ class _Profiles:
                 raise ConfigError([problem], source=str(self.config.source or "")) from None
         self.made[key] = profile
         return profile
+
+
+def _kept(
+    old: DomainRuntime | None, domain: Domain, profiles: _Profiles
+) -> DomainRuntime | None:
+    """The previous generation's runtime of an unchanged domain (same settings, same trust
+    profiles): its routes, their TLS session caches and its balancer's turn go on, and a
+    change to one domain of many does not rebuild them all."""
+    if old is None or old.config != domain:
+        return None
+    for origin, route in zip(domain.origins, old.routes, strict=True):
+        creator = route.creator
+        profile = profiles.get(domain.client_certificate_for(origin))
+        if creator is not None and creator.profile is not profile:
+            return None
+    return old
 
 
 def _domain_runtime(domain: Domain, profiles: _Profiles) -> DomainRuntime:
@@ -229,6 +247,8 @@ def config_diff(old: Config, new: Config) -> dict[str, object]:
     """What a reload changes: domains added/removed/changed (field by field), other settings."""
     changed: dict[str, list[str]] = {}
     for name in sorted(old.domains.keys() & new.domains.keys()):
+        if old.domains[name] == new.domains[name]:
+            continue  # most of a fleet's domains, on each change of one
         lines = _changes(
             _flatten(effective_domain(old.domains[name])),
             _flatten(effective_domain(new.domains[name])),
