@@ -8,6 +8,11 @@ SPEC §3 is the authority. Where it is silent, the loader follows these rules:
 - Duplicate keys in any YAML mapping are problems (`<<` merge keys excepted).
 - `domains` must hold at least one domain: an edge without one answers 421 to everything.
   Wildcard domains (`*.example.com`) are not supported in this version.
+- With `cluster` (SPEC §9) the domains come from etcd, so a `domains` key is a problem and
+  the file needs none. Each etcd document is read by `parse_domain_document` with exactly
+  the rules of one `domains:` entry; `load_domains_file` reads `edgenode push`'s file.
+  `cluster.etcd.endpoints` are `http://host:port` URLs; `token_file` must hold a token;
+  the directory of `cache_file` must exist.
 - A null `admin`, `tls`, `timeouts`, `limits` or domain `timeouts` block means "all
   defaults" (its keys are commented out). A null `origin_sni` block is a problem: whether
   it meant on or off is unclear, as a present block turns SNI on.
@@ -31,6 +36,7 @@ SPEC §3 is the authority. Where it is silent, the loader follows these rules:
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 import reprlib
@@ -38,6 +44,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 import attrs
 import yaml
@@ -89,6 +96,29 @@ class TLSSettings:
 class AdminSettings:
     listen: str = "tcp:8081:interface=127.0.0.1"
     token_file: Path = Path("admin.token")
+
+
+@attrs.frozen
+class EtcdSettings:
+    """Where a fleet edge reads its domains (SPEC §9 `cluster.etcd`)."""
+
+    endpoints: tuple[str, ...]  # http:// base URLs, tried in turn
+    prefix: str = "/edgenode/"  # domains live at <prefix>domains/<name>
+    token_file: Path | None = None  # a file holding an etcd auth token
+    cache_file: Path = Path("cluster-cache.json")  # the last applied domain set
+    startup_timeout: float = 10.0  # seconds to reach etcd at start when there is no cache
+
+    @property
+    def domains_prefix(self) -> str:
+        """The prefix of the domain keys: `<prefix>domains/`."""
+        return self.prefix + "domains/"
+
+
+@attrs.frozen
+class ClusterSettings:
+    """A fleet edge's cluster block: its domains come from etcd, not from this file."""
+
+    etcd: EtcdSettings
 
 
 @attrs.frozen
@@ -181,6 +211,7 @@ class Config:
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()
     workers: int = 1  # worker processes; 1 = this process serves, no supervisor
+    cluster: ClusterSettings | None = None  # set: domains come from etcd (SPEC §9)
     domains: Mapping[str, Domain] = attrs.field(
         factory=lambda: MappingProxyType({}), converter=lambda d: MappingProxyType(dict(d))
     )
@@ -206,6 +237,7 @@ _TOP_LEVEL_KEYS: Final = (
     "tls",
     "timeouts",
     "limits",
+    "cluster",
     "domains",
 )
 _ADMIN_KEYS: Final = ("listen", "token_file")
@@ -228,6 +260,9 @@ _DOMAIN_KEYS: Final = (
 _HEALTH_CHECK_KEYS: Final = tuple(field.name for field in attrs.fields(HealthCheck))
 _PASSIVE_KEYS: Final = tuple(field.name for field in attrs.fields(Passive))
 _ORIGIN_SNI_KEYS: Final = ("enabled", "value")
+_CLUSTER_KEYS: Final = ("etcd",)
+_ETCD_KEYS: Final = ("endpoints", "prefix", "token_file", "cache_file", "startup_timeout")
+_ETCD_ENDPOINT_EXAMPLE: Final = "'http://127.0.0.1:2379'"
 _ORIGIN_KEYS: Final = ("address", "port", "priority", "weight", "sni", "client_certificate")
 _PROTOCOLS: Final = ("https", "http")
 _TLS_VERSIONS: Final = ("1.2", "1.3")
@@ -550,6 +585,7 @@ def _read_config(top: _Section, source: Path | None) -> Config:
     workers = _read_workers(top)
     if workers > 1 and not _shareable(listen):
         top.report("workers", workers_listen_problem(workers, listen))
+    cluster = _read_cluster(top)
     config = Config(
         listen=listen,
         listen_tls=_read_listen_tls(top),
@@ -559,10 +595,14 @@ def _read_config(top: _Section, source: Path | None) -> Config:
         tls=_read_tls(top),
         timeouts=timeouts,
         limits=_read_limits(top.section("limits", "limit names to values")),
-        domains=_read_domains(top, timeouts),
+        cluster=cluster,
+        domains=_read_domains(top, timeouts) if top.get("cluster") is _ABSENT else _no_domains(top),
         source=source,
     )
-    top.problems.extend(https_problems(config))
+    if not any(p.path.startswith("tls.certificates") for p in top.problems):
+        # A broken certificate is reported once: not again as "no certificate" for
+        # listen_tls and for each redirecting domain it would have covered.
+        top.problems.extend(https_problems(config))
     return config
 
 
@@ -597,16 +637,25 @@ def https_problems(config: Config) -> list[Problem]:
             )
         )
     for name, domain in config.domains.items():
-        if domain.https_redirect and not any(c.covers(name) for c in certificates):
-            problems.append(
-                Problem(
-                    f"domains.{name}.https_redirect",
-                    f"true, but no certificate in tls.certificates covers {name!r}, so the "
-                    "redirect would lead to a certificate error; add a certificate with "
-                    f"{name!r} (or a wildcard covering it) as a DNS name, or set it to false",
-                )
-            )
+        problem = _redirect_problem(f"domains.{name}", domain, certificates)
+        if problem is not None:
+            problems.append(problem)
     return problems
+
+
+def _redirect_problem(
+    path: str, domain: Domain, certificates: tuple[EdgeCertificate, ...]
+) -> Problem | None:
+    """`https_redirect` on a domain that no certificate of this edge covers."""
+    name = domain.name
+    if not domain.https_redirect or any(c.covers(name) for c in certificates):
+        return None
+    return Problem(
+        f"{path}.https_redirect",
+        f"true, but no certificate in tls.certificates covers {name!r}, so the "
+        "redirect would lead to a certificate error; add a certificate with "
+        f"{name!r} (or a wildcard covering it) as a DNS name, or set it to false",
+    )
 
 
 def apply_overrides(config: Config, overrides: Mapping[str, str]) -> Config:
@@ -848,6 +897,156 @@ def _read_limits(limits: _Section | None) -> Limits:
     )
 
 
+# --- The cluster (SPEC §9) -----------------------------------------------------------------
+
+
+def _read_cluster(top: _Section) -> ClusterSettings | None:
+    """`cluster.etcd`; None when the file has no `cluster` (its domains are its own)."""
+    value = top.get("cluster")
+    if value is _ABSENT:
+        return None
+    if value is None:
+        top.report(
+            "cluster",
+            "is empty; give 'etcd' (endpoints: [...]), or remove cluster to read domains "
+            "from this file",
+        )
+        return None
+    cluster = top.section("cluster", "cluster settings ('etcd')")
+    if cluster is None:
+        return None
+    cluster.check_keys(_CLUSTER_KEYS)
+    etcd = cluster.section("etcd", "etcd settings")
+    if etcd is None:
+        if cluster.get("etcd") is _ABSENT or cluster.get("etcd") is None:
+            cluster.report("etcd", f"is required: e.g. {{endpoints: [{_ETCD_ENDPOINT_EXAMPLE}]}}")
+        return None
+    etcd.check_keys(_ETCD_KEYS)
+    defaults = EtcdSettings(endpoints=())
+    return ClusterSettings(
+        EtcdSettings(
+            endpoints=_read_etcd_endpoints(etcd),
+            prefix=_read_etcd_prefix(etcd, defaults.prefix),
+            token_file=_read_token_file(etcd),
+            cache_file=_read_cache_file(etcd, defaults.cache_file),
+            startup_timeout=etcd.seconds("startup_timeout", defaults.startup_timeout),
+        )
+    )
+
+
+def _read_etcd_endpoints(etcd: _Section) -> tuple[str, ...]:
+    """One or more etcd client URLs, `http://host:port`, each given once."""
+    value = etcd.get("endpoints")
+    accepted = f"a list of etcd client URLs, e.g. [{_ETCD_ENDPOINT_EXAMPLE}]"
+    if value is _ABSENT or value is None:
+        etcd.report("endpoints", f"is required: {accepted}")
+        return ()
+    if isinstance(value, str):
+        value = [value]  # one endpoint written without the brackets
+    if not isinstance(value, list) or not value:
+        etcd.report("endpoints", f"must be {accepted}, got {_show(value)}")
+        return ()
+    endpoints: list[str] = []
+    for i, item in enumerate(value):
+        path = f"{etcd.at('endpoints')}[{i}]"
+        problem = _etcd_endpoint_problem(item)
+        if problem is not None:
+            etcd.problems.append(Problem(path, problem))
+            continue
+        endpoint = str(item).rstrip("/")
+        if endpoint in endpoints:
+            etcd.problems.append(Problem(path, f"{item!r} is listed twice; give each once"))
+            continue
+        endpoints.append(endpoint)
+    return tuple(endpoints)
+
+
+def _etcd_endpoint_problem(value: object) -> str | None:
+    accepted = f"an etcd client URL such as {_ETCD_ENDPOINT_EXAMPLE} (http://host:port)"
+    if not isinstance(value, str):
+        return f"must be {accepted}, got {_show(value)}"
+    try:
+        url = urlsplit(value)
+        port = url.port
+    except ValueError as exc:
+        return f"{value!r} is not a URL ({exc}); give {accepted}"
+    if url.scheme != "http":
+        return (
+            f"{value!r} must use http:// (the edge talks to etcd's HTTP/JSON gateway in clear; "
+            f"keep etcd on a private network), e.g. {_ETCD_ENDPOINT_EXAMPLE}"
+        )
+    if not url.hostname or url.username or url.password:
+        return f"{value!r} needs a host and nothing else before it; give {accepted}"
+    if url.path not in ("", "/") or url.query or url.fragment:
+        return f"{value!r} must have no path, query or fragment; give {accepted}"
+    if port == 0:
+        return f"{value!r} has port 0; give {accepted}"
+    return None
+
+
+def _read_etcd_prefix(etcd: _Section, default: str) -> str:
+    """The key prefix of this fleet: text ending in '/' (keys are <prefix>domains/<name>)."""
+    value = etcd.get("prefix")
+    if value is _ABSENT:
+        return default
+    if not isinstance(value, str) or not value.endswith("/") or "\0" in value:
+        etcd.report(
+            "prefix",
+            f"must be a key prefix ending in '/', e.g. {default!r} (domains are then at "
+            f"'{default}domains/<name>'), got {_show(value)}",
+        )
+        return default
+    return value
+
+
+def _read_token_file(etcd: _Section) -> Path | None:
+    """A readable file holding the etcd auth token; null or absent means no auth."""
+    value = etcd.get("token_file")
+    if value is _ABSENT or value is None:
+        return None
+    path = etcd.file_path("token_file", Path())
+    if path == Path():
+        return None  # reported: not a path
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        etcd.report(
+            "token_file",
+            f"{value!r} ({path}) cannot be read ({reason}); give a file holding the etcd "
+            "auth token, or null for an etcd without authentication",
+        )
+        return path
+    if not token:
+        etcd.report("token_file", f"{value!r} ({path}) is empty; put the etcd auth token in it")
+    return path
+
+
+def _read_cache_file(etcd: _Section, default: Path) -> Path:
+    """Where the last applied domain set is kept; its directory must exist."""
+    path = etcd.file_path("cache_file", default)
+    if not path.parent.is_dir():
+        etcd.report(
+            "cache_file",
+            f"{str(path)!r}: the directory {str(path.parent)!r} does not exist; give a path in "
+            "an existing, writable directory",
+        )
+    return path
+
+
+def _no_domains(top: _Section) -> dict[str, Domain]:
+    """With `cluster` (even one with problems), domains live in etcd: a `domains` key here
+    is a problem, and none is needed."""
+    if top.get("domains") is not _ABSENT:
+        top.report(
+            "domains",
+            "must be absent when cluster is set: domains come from etcd, at "
+            "'<prefix>domains/<name>'; move them to a file for `edgenode push`, or remove "
+            "cluster",
+        )
+    return {}
+
+
 # --- Domains and origins -------------------------------------------------------------------
 
 
@@ -959,9 +1158,10 @@ def _read_health_check(domain: _Section) -> HealthCheck | None:
         return None
     check.check_keys(_HEALTH_CHECK_KEYS)
     defaults = HealthCheck()
+    before = len(check.problems)
     interval = check.seconds("interval", defaults.interval)
     timeout = check.seconds("timeout", defaults.timeout)
-    if timeout > interval:
+    if len(check.problems) == before and timeout > interval:  # both as written, and valid
         check.report(
             "timeout",
             f"{timeout:g}s is longer than the interval ({interval:g}s); a check must end "
@@ -1164,6 +1364,169 @@ def _read_origin_own_sni(origin: _Section, protocol: str) -> str | None:
         )
         return None
     return _read_sni(origin, "sni")
+
+
+# --- Domain documents: etcd's (SPEC §9) and `edgenode push`'s --------------------------------
+
+ETCD_PATH: Final = "etcd:"  # problems in an etcd document are named etcd:<key>.<path>
+
+
+@attrs.frozen
+class DomainEntry:
+    """One domain of a domains file (`edgenode push`), validated, and the document to store:
+    the entry as written, as compact JSON."""
+
+    name: str  # normalised: the last segment of its key
+    domain: Domain
+    document: str
+
+
+def parse_domain_document(key: str, value: bytes | str, node: Config) -> Domain:
+    """One domain from etcd: the JSON object at `key` (`<prefix>domains/<name>`), with
+    exactly the rules of one entry under a file's `domains:`, on the node config `node`
+    (which has `cluster`: its timeouts are the domain's defaults, its certificates must
+    cover a domain that redirects to HTTPS, relative paths are relative to its file).
+
+    The key's last segment is the domain name, normalised as a file's keys are; a key
+    that is not a valid name is a problem like any other. Raises `ConfigError` naming
+    each problem `etcd:<key>.<path>` (e.g. `etcd:/edgenode/domains/a.example.com.origins[0].port`).
+    """
+    problems: list[Problem] = []
+    path = ETCD_PATH + key
+    name = _domain_name_of_key(key, node, path, problems)
+    document = _load_json_document(value, path, problems)
+    domain = None
+    if document is not _ABSENT:
+        parent = _Section({}, "", problems, _base_dir_of(node))
+        domain = _read_domain(document, path, name, node.timeouts, parent)
+    if domain is not None and name is not None:
+        problem = _redirect_problem(path, domain, node.tls.certificates)
+        if problem is not None:
+            problems.append(problem)
+    if problems or domain is None:
+        raise ConfigError(problems, source=f"etcd key {key!r}")
+    return domain
+
+
+def domain_key(node: Config, name: str) -> str:
+    """The etcd key of domain `name` (normalised) for the fleet of `node`."""
+    assert node.cluster is not None
+    return node.cluster.etcd.domains_prefix + name
+
+
+def _domain_name_of_key(key: str, node: Config, path: str, problems: list[Problem]) -> str | None:
+    if node.cluster is None:
+        raise ValueError("parse_domain_document needs a node config with cluster.etcd")
+    prefix = node.cluster.etcd.domains_prefix
+    if not key.startswith(prefix):
+        problems.append(Problem(path, f"is not under {prefix!r}; domains are {prefix}<name>"))
+        return None
+    return _read_domain_name(key[len(prefix) :], path, problems)
+
+
+def _base_dir_of(node: Config) -> Path:
+    """The directory relative paths of `node` were resolved against: its file's."""
+    if node.source is None:
+        return Path.cwd()
+    return Path(os.path.abspath(node.source)).parent
+
+
+def _load_json_document(value: bytes | str, path: str, problems: list[Problem]) -> object:
+    """The JSON value in `value`, or `_ABSENT` after recording why it cannot be read.
+
+    Strict where Python's json is lenient: a key given twice in one object is a problem
+    (as in YAML), and NaN or Infinity are not JSON.
+    """
+    example = '{"origins": [{"address": "203.0.113.10"}]}'
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(
+                Problem(
+                    path,
+                    f"is not UTF-8 text ({exc.reason} at byte {exc.start}); store "
+                    f"the domain's settings as a JSON object, e.g. {example}",
+                )
+            )
+            return _ABSENT
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in obj:
+                problems.append(
+                    Problem(path, f"duplicate key {k!r} in a JSON object; give each key once")
+                )
+            obj[k] = v
+        return obj
+
+    def not_json(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    try:
+        return json.loads(value, object_pairs_hook=no_duplicates, parse_constant=not_json)
+    except RecursionError:
+        problems.append(Problem(path, "the JSON is nested too deeply to read"))
+    except ValueError as exc:
+        problems.append(
+            Problem(
+                path,
+                f"is not JSON ({_one_line(str(exc))}); store the domain's settings "
+                f"as one JSON object, e.g. {example}",
+            )
+        )
+    return _ABSENT
+
+
+def load_domains_file(path: str | Path, node: Config) -> tuple[DomainEntry, ...]:
+    """The domains of a file for `edgenode push`: a YAML mapping with one key, `domains`,
+    holding what a config file's `domains:` would (SPEC §3), checked with every rule of
+    `edgenode check` on the node config `node` (which has `cluster`), and each entry again
+    as the JSON document the edges will read (`parse_domain_document`). Raises
+    `ConfigError` listing every problem."""
+    source = str(path)
+    text = _read_config_text(Path(path), source)
+    problems: list[Problem] = []
+    data = _load_yaml(text, problems)
+    if data is _ABSENT:
+        raise ConfigError(problems, source=source)
+    if not isinstance(data, Mapping):
+        problems.append(Problem("", f"must be a mapping with the key 'domains', got {_show(data)}"))
+        raise ConfigError(problems, source=source)
+    top = _Section(data, "", problems, _base_dir_of(node))
+    top.check_keys(("domains",))
+    domains = _read_domains(top, node.timeouts)
+    entries = [] if problems else _domain_entries(data["domains"], domains, node, problems)
+    if problems:
+        raise ConfigError(problems, source=source)
+    return tuple(entries)
+
+
+def _domain_entries(
+    written: Mapping[Any, Any], domains: Mapping[str, Domain], node: Config, problems: list[Problem]
+) -> list[DomainEntry]:
+    """Each valid domain with its entry as written, as the compact JSON document to store."""
+    entries = []
+    for key, value in written.items():
+        name = normalize_hostname(str(key))
+        path = f"domains.{key}"
+        problem = _redirect_problem(path, domains[name], node.tls.certificates)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        try:
+            document = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:  # a YAML type with no JSON form
+            problems.append(Problem(path, f"cannot be stored as JSON ({exc})"))
+            continue
+        try:  # what the edges will read: it must pass there too
+            domain = parse_domain_document(domain_key(node, name), document, node)
+        except ConfigError as e:
+            problems.extend(e.problems)
+            continue
+        entries.append(DomainEntry(name, domain, document))
+    return sorted(entries, key=lambda entry: entry.name)
 
 
 # --- Endpoints -----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -65,6 +65,21 @@ class ReloadResult:
         return body
 
 
+class ClusterView(Protocol):
+    """What the admin API shows of a fleet edge's etcd (edgenode.control.cluster)."""
+
+    def health(self) -> dict[str, Any]:
+        """/healthz's `cluster` block: state, revision, last_error."""
+        ...
+
+    def domains_source(self) -> dict[str, Any]:
+        """GET /config's `domains_source`: etcd's endpoints, prefix, revision."""
+        ...
+
+
+FILE_SOURCE: dict[str, Any] = {"kind": "file"}  # domains_source of an edge without cluster
+
+
 def ensure_token(path: Path) -> str:
     """The admin token from `path`, created (mode 0600, random) if the file is missing."""
     try:
@@ -94,6 +109,7 @@ class AdminResource(Resource):
         metrics: Callable[[], bytes] | None = None,
         workers: Callable[[], list[dict[str, Any]]] | None = None,
         health: Callable[[str], list[dict[str, object]] | None] | None = None,
+        cluster: ClusterView | None = None,
     ) -> None:
         super().__init__()
         self._health = health  # per-origin health of a domain, in a process that serves
@@ -102,6 +118,7 @@ class AdminResource(Resource):
         self._reload = reload
         self._metrics = metrics
         self._workers = workers  # a supervisor's view of its worker processes
+        self._cluster = cluster  # a fleet edge's etcd (SPEC §9)
 
     def render(self, request: Request) -> bytes:
         path = request.path.rstrip(b"/") or b"/"
@@ -119,6 +136,8 @@ class AdminResource(Resource):
                     "configured": len(workers),
                     "ready": sum(1 for w in workers if w["ready"]),
                 }
+            if self._cluster is not None:
+                health["cluster"] = self._cluster.health()
             return _json(request, 200, health)
         if not self._authorized(request):
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="edgenode admin"')
@@ -136,7 +155,9 @@ class AdminResource(Resource):
         if path == b"/config":
             if method not in (b"GET", b"HEAD"):
                 return _method_not_allowed(request, b"GET")
-            return _json(request, 200, effective_config(self.holder.current))
+            view = effective_config(self.holder.current)
+            source = self._cluster.domains_source() if self._cluster else FILE_SOURCE
+            return _json(request, 200, {**view, "domains_source": source})
         if path == b"/certificates":
             if method not in (b"GET", b"HEAD"):
                 return _method_not_allowed(request, b"GET")

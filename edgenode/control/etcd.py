@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
@@ -560,6 +562,64 @@ class EtcdClient:
             raise EtcdError(
                 f"etcd at {self.endpoint}: {path}: unexpected answer ({exc!r})", [self.endpoint]
             ) from None
+
+
+# --- Before the reactor runs ------------------------------------------------------------------
+
+# No proxy, whatever the environment says: etcd is reached directly, as treq's Agent does.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def read_prefix_blocking(
+    endpoints: Sequence[str], prefix: str, *, token: str | None = None, timeout: float = 2.0
+) -> Snapshot:
+    """Every key under `prefix` at one revision, like `EtcdClient.range_prefix`, but blocking:
+    the one read an edge makes at start, before twistd runs the reactor, so that a start
+    with neither etcd nor a cache exits 1 the way a config error does (the reactor-based
+    client has no reactor to run on yet). Each endpoint in turn, each within `timeout`.
+
+    The same request and the same parsing as the client; raises `EtcdUnavailable` when no
+    endpoint answered, `EtcdError` when one refused or answered nonsense.
+    """
+    body = json.dumps(_prefix_range(prefix)).encode()
+    headers = {"Content-Type": "application/json", **({"Authorization": token} if token else {})}
+    problems = []
+    for endpoint in (e.rstrip("/") for e in endpoints):
+        request = urllib.request.Request(endpoint + "/v3/kv/range", body, headers)
+        try:
+            with _DIRECT.open(request, timeout=timeout) as response:
+                status, answer = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            status, answer = exc.code, exc.read()
+        except (OSError, ValueError) as exc:  # refused, timed out, reset, a bad URL
+            reason = getattr(exc, "reason", None) or exc
+            problems.append(f"{endpoint} ({_describe_blocking(reason)})")
+            continue
+        if status in (502, 503, 504):
+            problems.append(f"{endpoint} ({_Busy(status, answer)})")
+            continue
+        if status != 200:
+            raise EtcdError(
+                f"etcd at {endpoint} refused /v3/kv/range (HTTP {status}): {_error_text(answer)}",
+                [endpoint],
+            )
+        try:
+            return _snapshot(json.loads(answer))
+        except (_Malformed, KeyError, TypeError, ValueError) as exc:
+            raise EtcdError(
+                f"etcd at {endpoint}: /v3/kv/range: unexpected answer ({exc!r})", [endpoint]
+            ) from None
+    raise EtcdUnavailable(
+        f"no etcd endpoint answered /v3/kv/range: {', '.join(problems)}", tuple(endpoints)
+    )
+
+
+def _describe_blocking(reason: object) -> str:
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(reason, TimeoutError):
+        return "no answer in time"
+    return str(reason).rstrip(".") or type(reason).__name__
 
 
 # --- A watch stream --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ States, and what moves between them (`FollowerState.state`):
 
     event                                    state after     then
     start()                                  connecting      read the prefix
+    start(known snapshot)                    connecting      watch from its R+1
     snapshot read                            (unchanged)     on_snapshot, watch from R+1
     watch created, etcd at >= R              connected       backoff reset
     batch                                    connected       on_batch
@@ -157,12 +158,22 @@ class PrefixFollower:
     def prefix(self) -> str:
         return self._prefix
 
-    def start(self) -> None:
-        """Read the prefix, deliver it, and follow it until `stop()`."""
+    def start(self, known: Snapshot | None = None) -> None:
+        """Read the prefix, deliver it, and follow it until `stop()`.
+
+        With `known`, a snapshot the consumer read and applied itself (an edge's read at
+        start, before the reactor ran), nothing is read or delivered first: the watch
+        starts from `known.revision + 1`, and a compaction or restore past it still
+        brings a fresh snapshot.
+        """
         if self._started:
             raise RuntimeError("a PrefixFollower starts once")
         self._started = True
-        self._deliver(self._on_state, self._state, "state")  # connecting, at revision 0
+        if known is not None:
+            self._revision = known.revision
+            self._need_snapshot = False
+            self._state = FollowerState("connecting", known.revision)
+        self._deliver(self._on_state, self._state, "state")  # connecting, at its revision
         self._connect()
 
     def stop(self) -> None:

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from edgenode.config import Config, apply_overrides, load_config_and_text
 from edgenode.control.admin import ReloadResult
+from edgenode.control.domainset import DomainSet
 from edgenode.control.statefile import read_state
 from edgenode.datapath.monitor import Monitor
 from edgenode.errors import ConfigError, Problem
@@ -37,6 +38,9 @@ class Candidate:
     config: Config
     generation: int
     text: str  # the YAML the config came from: a supervisor hands it to its workers
+    # A fleet edge's (SPEC §9): the etcd documents its domains came from, at their revision;
+    # a supervisor hands them to its workers too. None: the domains are the file's.
+    domains: DomainSet | None = None
 
 
 class ConfigSource(Protocol):
@@ -71,7 +75,7 @@ class StateFile:
             state = read_state(self.path)
         except (OSError, ValueError, KeyError) as e:
             raise ConfigError([Problem("", f"cannot read the state file: {e}")]) from None
-        return Candidate(state.config(), state.generation, state.text)
+        return Candidate(state.config(), state.generation, state.text, state.domains)
 
 
 # --- The reload flow -------------------------------------------------------------------------
@@ -116,19 +120,23 @@ class Reloader:
         self.source = source
         self.target = target
 
-    def reload(self, trigger: str) -> defer.Deferred[ReloadResult]:
+    def reload(
+        self, trigger: str, source: ConfigSource | None = None
+    ) -> defer.Deferred[ReloadResult]:
         """Reload; the Deferred fires with the outcome, applied or not (never fails for a
-        bad config: that is a ReloadResult that is not `ok`)."""
-        return defer.Deferred.fromCoroutine(self._reload(trigger))
+        bad config: that is a ReloadResult that is not `ok`). `source` replaces the usual
+        one for this reload (a fleet edge's new domains from etcd, with the running file
+        settings). Everything up to the swap runs before this returns."""
+        return defer.Deferred.fromCoroutine(self._reload(trigger, source or self.source))
 
     def reload_logged(self, trigger: str) -> None:
         """A reload nobody waits for (SIGHUP): its outcome goes to the log, a bug too."""
         self.reload(trigger).addErrback(lambda f: log.failure("reload failed", f))
 
-    async def _reload(self, trigger: str) -> ReloadResult:
+    async def _reload(self, trigger: str, source: ConfigSource) -> ReloadResult:
         old = self.holder.current
         try:
-            candidate = self.source.next(old)
+            candidate = source.next(old)
             new = build_runtime(candidate.config, candidate.generation, previous=old)
         except ConfigError as e:
             return self._rejected(trigger, old, e)

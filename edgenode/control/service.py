@@ -21,17 +21,23 @@ of another:
 - `Signals` (edgenode.control.signals): the process's signals.
 - `admin_site`, `listen` (here): the admin site on the config's token, and a listener
   that must bind before twistd goes on.
+- `ClusterSource` (edgenode.control.cluster), for a fleet edge (`cluster.etcd`, SPEC §9),
+  in an edge or a supervisor, never in a worker: read from etcd here, in `makeService`,
+  before the reactor runs (so that no etcd and no cache exits 1 like a config error); it
+  then wraps the reload's source (the file's settings, the cluster's domains) and target,
+  and makes each etcd change a reload of its own.
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import random
 import socket
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -41,8 +47,22 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from edgenode.config import Config, apply_overrides, load_config_and_text, workers_count
-from edgenode.control.admin import AdminResource, AdminSite, ReloadResult, ensure_token
-from edgenode.control.reloading import ConfigFile, Reloader, StateFile
+from edgenode.control.admin import (
+    AdminResource,
+    AdminSite,
+    ClusterView,
+    ReloadResult,
+    ensure_token,
+)
+from edgenode.control.cluster import ClusterSource, ClusterStartError, read_start, read_token
+from edgenode.control.etcd import EtcdClient, IEtcdReactor
+from edgenode.control.reloading import (
+    ConfigFile,
+    ConfigSource,
+    Reloader,
+    ReloadTarget,
+    StateFile,
+)
 from edgenode.control.serving import DataPath
 from edgenode.control.signals import Signals
 from edgenode.control.statefile import WorkerState, read_state
@@ -142,12 +162,40 @@ def makeService(options: Options) -> service.IService:
 
     reactor = edge_reactor(global_reactor)
 
+    cluster = None
+    if config.cluster is not None:
+        cluster = make_cluster(config, cast(IEtcdReactor, global_reactor), text)
+        config = cluster.config
     if config.workers > 1:
         twistd_options = getattr(options, "parent", None) or {}
         return SupervisorService(
-            config, reactor, overrides, text=text, reactor_name=twistd_options.get("reactor")
+            config,
+            reactor,
+            overrides,
+            text=text,
+            reactor_name=twistd_options.get("reactor"),
+            cluster=cluster,
         )
-    return EdgeService(config, reactor, overrides)
+    return EdgeService(config, reactor, overrides, cluster=cluster)
+
+
+def make_cluster(node: Config, reactor: IEtcdReactor, text: str) -> ClusterSource:
+    """A fleet edge's domains (SPEC §9): read from etcd now, blocking, before the reactor
+    runs (or from the cache file); with neither, print why and exit 1, as for a config
+    error. The source then follows etcd once the service starts."""
+    assert node.cluster is not None
+    settings = node.cluster.etcd
+    try:
+        start = read_start(node)
+    except ClusterStartError as e:
+        print(f"edgenode: not starting: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    # The client keeps to the endpoint that answered last, starting with the first: in a
+    # random order, a fleet's long-lived watches spread over the members instead of all
+    # landing on the first one listed.
+    endpoints = random.sample(settings.endpoints, len(settings.endpoints))
+    client = EtcdClient(reactor, endpoints, token=read_token(settings))
+    return ClusterSource(reactor, client, settings, start, text=text)
 
 
 def make_worker_service(state_path: str) -> service.IService:
@@ -201,6 +249,7 @@ def admin_site(
     metrics: Callable[[], bytes],
     workers: Callable[[], list[dict[str, Any]]] | None = None,
     health: Callable[[str], list[dict[str, object]] | None] | None = None,
+    cluster: ClusterView | None = None,
 ) -> AdminSite:
     """The admin site on the config's token file (made if missing); warns when hosts other
     than this one can reach it."""
@@ -217,7 +266,9 @@ def admin_site(
             path=str(config.admin.token_file),
         )
     return AdminSite(
-        AdminResource(holder, token, reload, metrics=metrics, workers=workers, health=health)
+        AdminResource(
+            holder, token, reload, metrics=metrics, workers=workers, health=health, cluster=cluster
+        )
     )
 
 
@@ -251,6 +302,17 @@ def _bind_or_exit(description: str, workers: int) -> list[socket.socket]:
         raise SystemExit(1) from None
 
 
+def reload_pieces(
+    file: ConfigFile, target: ReloadTarget, cluster: ClusterSource | None
+) -> tuple[ConfigSource, ReloadTarget]:
+    """Where a reload reads the next config and what it updates: the file and `target`;
+    for a fleet edge, the file's node-local settings with the cluster's domains, and
+    `target` with the cluster told what runs."""
+    if cluster is None:
+        return file, target
+    return cluster.file_source(file), cluster.target(target)
+
+
 async def stop_listening(ports: list[IListeningPort]) -> None:
     for port in ports:
         await defer.maybeDeferred(port.stopListening)
@@ -282,28 +344,35 @@ class EdgeService(service.Service):
     name = "edgenode"  # type: ignore[assignment]  # twisted types Service.name as None
 
     def __init__(
-        self, config: Config, reactor: IEdgeReactor, overrides: Mapping[str, str] | None = None
+        self,
+        config: Config,
+        reactor: IEdgeReactor,
+        overrides: Mapping[str, str] | None = None,
+        *,
+        cluster: ClusterSource | None = None,
     ) -> None:
         self.config = config
         self.reactor = reactor
         self.overrides = dict(overrides or {})
+        self.cluster = cluster  # a fleet edge's domains from etcd (SPEC §9)
         self.ports: list[IListeningPort] = []
 
     def privilegedStartService(self) -> None:
         config = self.config
         self.data = DataPath(config, self.reactor, process="single", generation=1)
-        self.reloader = Reloader(
-            self.data.holder,
-            self.data.monitor,
-            ConfigFile(config.source, self.overrides),
-            self.data,
+        source, target = reload_pieces(
+            ConfigFile(config.source, self.overrides), self.data, self.cluster
         )
+        self.reloader = Reloader(self.data.holder, self.data.monitor, source, target)
+        if self.cluster is not None:
+            self.cluster.attach(self.reloader, self.data.monitor.registry)
         admin = admin_site(
             config,
             self.data.holder,
             self.reloader.reload,
             metrics=self.data.monitor.render,
             health=self.data.health.describe,
+            cluster=self.cluster,
         )
         listen(self.reactor, config.listen, self.data.factory, self.ports)
         if config.listen_tls is not None:
@@ -326,6 +395,8 @@ class EdgeService(service.Service):
             gen=runtime.generation,
             access_log=self.config.access_log,
         )
+        if self.cluster is not None:
+            self.cluster.start()
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
@@ -333,6 +404,8 @@ class EdgeService(service.Service):
 
     async def _stop(self) -> None:
         """Stop accepting, let in-flight requests finish (up to a bound), then close."""
+        if self.cluster is not None:
+            await self.cluster.stop()  # no new generation while draining
         await stop_listening(self.ports)
         await self.data.drain(SHUTDOWN_GRACE)
         log.info("edgenode stopped")
@@ -452,12 +525,14 @@ class SupervisorService(service.Service):
         *,
         text: str,
         reactor_name: str | None = None,
+        cluster: ClusterSource | None = None,
     ) -> None:
         self.config = config
         self.reactor = reactor
         self.overrides = dict(overrides)
         self.text = text
         self.reactor_name = reactor_name
+        self.cluster = cluster  # the node's one watch on etcd, for every worker (SPEC §9)
         self.ports: list[IListeningPort] = []
 
     def privilegedStartService(self) -> None:
@@ -484,16 +559,21 @@ class SupervisorService(service.Service):
             tls_family=parse_server_endpoint(config.listen_tls).family
             if config.listen_tls
             else None,
+            domains=self.cluster.domain_set if self.cluster is not None else None,
         )
-        self.reloader = Reloader(
-            self.holder, self.monitor, ConfigFile(config.source, self.overrides), self.workers
+        source, target = reload_pieces(
+            ConfigFile(config.source, self.overrides), self.workers, self.cluster
         )
+        self.reloader = Reloader(self.holder, self.monitor, source, target)
+        if self.cluster is not None:
+            self.cluster.attach(self.reloader, self.monitor.registry)
         admin = admin_site(
             config,
             self.holder,
             self.reloader.reload,
             metrics=self.workers.render_metrics,
             workers=self.workers.describe,
+            cluster=self.cluster,
         )
         listen(self.reactor, config.admin.listen, admin, self.ports)
         super().privilegedStartService()
@@ -518,12 +598,16 @@ class SupervisorService(service.Service):
             admin=self.config.admin.listen,
             rundir=str(self.workers.rundir.path),
         )
+        if self.cluster is not None:
+            self.cluster.start()
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
         return defer.Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.stop()  # no new generation for workers that are stopping
         stopped = self.workers.stop(SHUTDOWN_GRACE + 5.0)
         await stop_listening(self.ports)
         await stopped

@@ -1,7 +1,8 @@
 """The run directory and the state file: what a worker starts, and reloads, from.
 
-The config a worker runs is the text the supervisor validated, with its generation, in
-the state file (`RunDir.state`): whatever happens to the config file later, a restarted
+The config a worker runs is the text the supervisor validated, with its generation (and,
+in a fleet, the domain documents it accepted from etcd at their revision), in the state
+file (`RunDir.state`): whatever happens to the config file or to etcd later, a restarted
 worker starts on exactly what the others run. The file is replaced whole, so a worker
 starting meanwhile reads the old state or the new one. The run directory also holds the
 workers' metrics files (`RunDir.metrics`, edgenode.control.workermetrics); it is made
@@ -24,6 +25,7 @@ from pathlib import Path
 import attrs
 
 from edgenode.config import Config, apply_overrides, parse_config
+from edgenode.control.domainset import DomainSet, config_with, validated
 
 
 @attrs.frozen
@@ -36,11 +38,17 @@ class WorkerState:
     overrides: Mapping[str, str]
     family: socket.AddressFamily  # of the listening socket on LISTEN_FD
     tls_family: socket.AddressFamily | None = None  # of LISTEN_TLS_FD's; None = no HTTPS
+    # A fleet edge's domains (SPEC §9): the documents the supervisor accepted from etcd.
+    domains: DomainSet | None = None
 
     def config(self) -> Config:
-        """The config, parsed as the supervisor parsed it; raises `ConfigError`."""
+        """The config, parsed as the supervisor parsed it, with the cluster's domains if it
+        has any (validated again, with the same rules); raises `ConfigError`."""
         config = parse_config(self.text, base_dir=Path(self.source).parent, source=self.source)
-        return apply_overrides(config, self.overrides)
+        config = apply_overrides(config, self.overrides)
+        if self.domains is not None:
+            config = config_with(config, validated(config, self.domains))
+        return config
 
 
 class RunDir:
@@ -61,6 +69,7 @@ class RunDir:
             "overrides": dict(state.overrides),
             "family": int(state.family),
             "tls_family": None if state.tls_family is None else int(state.tls_family),
+            "cluster": None if state.domains is None else state.domains.to_json(),
         }
         tmp = self.state.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
@@ -82,4 +91,5 @@ def read_state(path: str | Path) -> WorkerState:
         tls_family=None
         if data.get("tls_family") is None
         else socket.AddressFamily(data["tls_family"]),
+        domains=None if data.get("cluster") is None else DomainSet.from_json(data["cluster"]),
     )

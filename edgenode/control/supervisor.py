@@ -51,6 +51,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from edgenode.config import Config
+from edgenode.control.domainset import DomainSet
 from edgenode.control.reloading import Candidate, Errors, Reports
 from edgenode.control.statefile import RunDir, WorkerState
 from edgenode.control.worker import worker_argv
@@ -141,6 +142,7 @@ class Workers:
         reactor_name: str | None,
         tls_listeners: list[socket.socket] | None = None,
         tls_family: socket.AddressFamily | None = None,
+        domains: DomainSet | None = None,
     ) -> None:
         self.reactor = reactor
         self.config = config
@@ -151,11 +153,12 @@ class Workers:
         self.tls_family = tls_family
         self.text = text
         self.reactor_name = reactor_name
+        self.domains = domains  # a fleet's domains from etcd (SPEC §9), for the state file
 
     def start(self, monitor: Monitor) -> None:
         """Make the run directory, write generation 1's state and start every worker."""
         self.rundir = RunDir()
-        self._write_state(self.text, 1)
+        self._write_state(self.text, 1, self.domains)
         self.metrics = WorkerMetrics(monitor.render, self.rundir.metrics)
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.rundir.metrics)}
         self.pool = WorkerPool(
@@ -169,7 +172,7 @@ class Workers:
         )
         self.pool.start()
 
-    def _write_state(self, text: str, generation: int) -> None:
+    def _write_state(self, text: str, generation: int, domains: DomainSet | None) -> None:
         self.rundir.write_state(
             WorkerState(
                 generation=generation,
@@ -178,6 +181,7 @@ class Workers:
                 overrides=self.overrides,
                 family=self.family,
                 tls_family=self.tls_family,
+                domains=domains,
             )
         )
 
@@ -192,8 +196,9 @@ class Workers:
         log.info("SIGUSR1 forwarded to {n} workers (each reopens the access log)", n=n)
 
     def stage(self, candidate: Candidate) -> None:
-        """The state file first: a worker (re)starting from now on starts on the new config."""
-        self._write_state(candidate.text, candidate.generation)
+        """The state file first: a worker (re)starting from now on starts on the new config
+        (and, in a fleet, on the new domains: the supervisor's one watch feeds them all)."""
+        self._write_state(candidate.text, candidate.generation, candidate.domains)
 
     def applied(self, new: Runtime, old: Runtime) -> str:
         return f"telling {len(self.pool.running())} workers"
