@@ -21,6 +21,7 @@ from edgenode.endpoints import parse_server_endpoint
 from edgenode.errors import ConfigError
 from edgenode.tools.exitcodes import ExitCode
 from edgenode.tools.probe import add_probe_command
+from edgenode.tools.push import add_push_command
 from edgenode.tools.tail.command import add_tail_command
 
 PROG = "edgenode"
@@ -86,6 +87,10 @@ def summarize(config: Config) -> str:
     """E.g. '3 domains, 5 origins, listen tcp:8080, admin tcp:8081:interface=127.0.0.1'."""
     domains = len(config.domains)
     origins = sum(len(domain.origins) for domain in config.domains.values())
+    if config.cluster is not None:  # SPEC §9: `edgenode push` checks those
+        etcd = config.cluster.etcd
+        where = f"domains from etcd {', '.join(etcd.endpoints)} under {etcd.domains_prefix}"
+        return f"{where}, listen {config.listen}, admin {config.admin.listen}"
     https = ""
     if config.listen_tls is not None:
         certificates = _count(len(config.tls.certificates), "certificate")
@@ -202,6 +207,7 @@ COMMANDS: tuple[Callable[[Subcommands], None], ...] = (
     add_tail_command,
     add_reload_command,
     add_probe_command,
+    add_push_command,
 )
 
 
