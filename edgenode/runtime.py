@@ -240,7 +240,7 @@ def effective_config(runtime: Runtime) -> dict[str, object]:
 
 
 # Settings a running process cannot change: the sockets it listens on, its processes.
-RESTART_ONLY = ("listen", "listen_tls", "admin.listen", "workers")
+RESTART_ONLY = ("listen", "listen_tls", "admin.listen", "workers", "cluster")
 
 
 def config_diff(old: Config, new: Config) -> dict[str, object]:
@@ -257,7 +257,7 @@ def config_diff(old: Config, new: Config) -> dict[str, object]:
             changed[name] = lines
     old_rest, new_rest = _flatten(_settings(old)), _flatten(_settings(new))
     settings = _changes(old_rest, new_rest)
-    restart = [line for line in settings if line.split(":", 1)[0] in RESTART_ONLY]
+    restart = [line for line in settings if _needs_restart(line.split(":", 1)[0])]
     diff: dict[str, object] = {
         "added": sorted(new.domains.keys() - old.domains.keys()),
         "removed": sorted(old.domains.keys() - new.domains.keys()),
@@ -303,6 +303,10 @@ def certificates_view(runtime: Runtime) -> list[dict[str, object]]:
     return [cert.describe() for cert in runtime.config.tls.certificates]
 
 
+def _needs_restart(path: str) -> bool:
+    return any(path == key or path.startswith(key + ".") for key in RESTART_ONLY)
+
+
 def _settings(config: Config) -> dict[str, object]:
     return {
         "listen": config.listen,
@@ -319,6 +323,22 @@ def _settings(config: Config) -> dict[str, object]:
         },
         "timeouts": attrs.asdict(config.timeouts),
         "limits": attrs.asdict(config.limits),
+        # The watch is set up at start: another etcd or prefix needs a restart.
+        "cluster": None if config.cluster is None else _cluster_view(config),
+    }
+
+
+def _cluster_view(config: Config) -> dict[str, object]:
+    assert config.cluster is not None
+    etcd = config.cluster.etcd
+    return {
+        "etcd": {
+            "endpoints": list(etcd.endpoints),
+            "prefix": etcd.prefix,
+            "token_file": str(etcd.token_file) if etcd.token_file else None,
+            "cache_file": str(etcd.cache_file),
+            "startup_timeout": etcd.startup_timeout,
+        }
     }
 
 

@@ -578,3 +578,22 @@ def test_check_says_where_a_fleet_edge_gets_its_domains(
     assert main(["check", str(tmp_path / "edge.yaml")]) == 0
     out = capsys.readouterr().out
     assert "domains from etcd http://127.0.0.1:2379 under /edgenode/domains/" in out
+
+
+def test_changing_the_etcd_settings_is_a_restart_not_a_silent_change(tmp_path: Path) -> None:
+    """The watch is set up at start: a reload that names another etcd or prefix must
+    say it needs a restart (and keeps following the old one) rather than look applied."""
+    from edgenode.config import parse_config
+    from edgenode.runtime import config_diff
+
+    def node(prefix: str) -> str:
+        return (
+            "cluster:\n  etcd:\n    endpoints: ['http://127.0.0.1:2379']\n"
+            f"    prefix: '{prefix}'\n"
+        )
+
+    old = parse_config(node("/edgenode/"), base_dir=tmp_path)
+    new = parse_config(node("/other/"), base_dir=tmp_path)
+    diff = config_diff(old, new)
+    assert diff["restart_required"] == ["cluster.etcd.prefix: /edgenode/ -> /other/"]
+    assert diff["settings"] == []

@@ -916,3 +916,21 @@ def test_missing_etcd_is_an_error_with_an_install_hint(tmp_path: Path) -> None:
     """Without etcd the tests fail with how to install it, never skip."""
     with pytest.raises(RuntimeError, match="apt-get install -y etcd-server etcd-client"):
         etcd_binary(search_path=str(tmp_path), fallback=str(tmp_path / "etcd"))
+
+
+def test_a_quiet_watch_is_renewed_from_the_next_revision() -> None:
+    """A watch on a connection that died silently would wait for ever: every
+    REWATCH_AFTER seconds a new one replaces it, from revision + 1 (nothing lost or
+    repeated), and a batch on the old one after that is not delivered."""
+    fake = FakeEtcd()
+    fake.up = True
+    clock, follower, rec = _clock_follower(fake, rewatch_after=60.0)
+    follower.start()
+    first = fake.watches[-1]
+    first.created(5)
+    clock.advance(60.0)
+    assert first.cancelled
+    second = fake.watches[-1]
+    assert second is not first and second.start_revision == follower.revision + 1
+    second.created(5)
+    assert rec.state.state == "connected"

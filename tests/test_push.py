@@ -189,3 +189,21 @@ def test_two_concurrent_pushes_one_wins_and_the_other_fails_cleanly(
     ) in err
     documents = {name: doc for name, (doc, _) in stored(etcd, prefix).items()}
     assert documents == {"a.example": origin(), "shared.example": origin(1)}
+
+
+def test_probe_on_a_fleet_config_reads_the_domain_from_etcd(
+    etcd: EtcdServer, prefix: str, tmp_path: Path
+) -> None:
+    """`edgenode probe` on a fleet edge's config finds the domain where the edge does (in
+    etcd) and probes its origin: here a closed port, so the verdict is a connect failure,
+    not "unknown domain"."""
+    node = node_file(tmp_path, etcd.endpoint, prefix)
+    closed = free_port()
+    pushed = cli("push", "--config", node, domains_file(tmp_path, {"p.example": origin()}))
+    assert pushed.returncode == 0, pushed.stderr
+    doc = {"origins": [{"address": LOOPBACK, "port": closed}]}
+    assert cli("push", "--config", node, domains_file(tmp_path, {"p.example": doc})).returncode == 0
+    done = cli("probe", "p.example", "--config", node, "--timeout", "2")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"{LOOPBACK}:{closed}" in done.stdout
+    assert "origin_connect_failed" in done.stdout

@@ -90,6 +90,9 @@ class PrefixSource(Protocol):
     ) -> WatchHandle: ...
 
 
+REWATCH_AFTER = 60.0  # seconds a watch lives before a new one replaces it (see _renew_watch)
+
+
 def retry_delay(
     failures: int, initial: float, maximum: float, random: Callable[[], float]
 ) -> float:
@@ -125,6 +128,7 @@ class PrefixFollower:
         backoff_initial: float = 1.0,
         backoff_max: float = 30.0,
         random: Callable[[], float] = _random.random,
+        rewatch_after: float = REWATCH_AFTER,
     ) -> None:
         self._reactor = reactor
         self._client = client
@@ -144,6 +148,8 @@ class PrefixFollower:
         self._reading: defer.Deferred[Snapshot] | None = None
         self._watch: WatchHandle | None = None
         self._retry: IDelayedCall | None = None
+        self._rewatch_after = rewatch_after
+        self._rewatch: IDelayedCall | None = None
 
     @property
     def state(self) -> FollowerState:
@@ -188,6 +194,7 @@ class PrefixFollower:
         watch, self._watch = self._watch, None
         if watch is not None:
             watch.cancel()
+        self._cancel_rewatch()
 
     # -- one attempt: read (if needed), then watch --
 
@@ -223,6 +230,30 @@ class PrefixFollower:
         )
         self._watch = watch
         watch.done.addBoth(self._watch_ended, watch)
+        self._cancel_rewatch()
+        self._rewatch = self._reactor.callLater(self._rewatch_after, self._renew_watch)
+
+    def _renew_watch(self) -> None:
+        """Open a new watch from the next revision and drop the old one.
+
+        A connection that died without a FIN or RST (a host gone, a NAT that forgot it)
+        looks like a quiet watch for ever: the gateway's one-way stream cannot carry
+        etcd's progress requests, and TCP gives up only after many minutes. A new watch
+        every `rewatch_after` seconds opens a new connection, which fails fast if etcd is
+        gone (the usual backoff follows), and costs one request when all is well.
+        Nothing is lost or repeated: it starts at `revision + 1`.
+        """
+        self._rewatch = None
+        watch, self._watch = self._watch, None
+        if watch is None or self._stopped:
+            return
+        watch.cancel()  # no longer ours: its end is ignored (_watch_ended)
+        self._watch_next()
+
+    def _cancel_rewatch(self) -> None:
+        rewatch, self._rewatch = self._rewatch, None
+        if rewatch is not None and rewatch.active():
+            rewatch.cancel()
 
     def _created(self, etcd_revision: int) -> None:
         if self._stopped:
@@ -258,6 +289,7 @@ class PrefixFollower:
         if watch is not self._watch or self._stopped:
             return  # a watch we cancelled ourselves
         self._watch = None
+        self._cancel_rewatch()
         if result is None:
             return  # cancelled by someone else: nothing to deliver, nothing to retry
         if result.check(Compacted):
@@ -274,6 +306,7 @@ class PrefixFollower:
         watch, self._watch = self._watch, None
         if watch is not None:
             watch.cancel()
+        self._cancel_rewatch()
         if self._resyncing:
             self._failures += 1
             delay = self._delay()

@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from edgenode.config import Config, Domain, load_config
+from edgenode.control.cluster import ClusterStartError, read_start
 from edgenode.datapath.transport import StreamTransport
 from edgenode.datapath.upstream import OneConnectionFactory, setup_failure
 from edgenode.errors import ConfigError, ErrorCode, OriginError
@@ -116,6 +117,13 @@ def plan_probe(
         config = load_config(config_path)
     except ConfigError as err:
         raise ProbeUsageError(str(err)) from err
+    if config.cluster is not None:
+        # A fleet edge's domains live in etcd (SPEC §9): read them as the edge does at
+        # start (etcd, else its cache file).
+        try:
+            config = read_start(config).config
+        except ClusterStartError as err:
+            raise ProbeUsageError(str(err)) from err
     name = _find_domain(config, domain_name)
     override = _sni_override(sni)
     runtime = build_runtime(config, generation=0)
