@@ -15,7 +15,6 @@ not; 2 usage error (unreadable or invalid config, unknown domain, bad `--sni`).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import sys
@@ -23,7 +22,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from twisted.internet import task
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Protocol
@@ -42,6 +40,7 @@ from edgenode.routes import server_label
 from edgenode.runtime import build_runtime
 from edgenode.tls import CertFacts, ConnectionTLS, OriginTLSCreator
 from edgenode.tools.exitcodes import ExitCode
+from edgenode.tools.reactor import run_once
 
 PROG = "edgenode"
 
@@ -670,19 +669,8 @@ def run_probe(args: argparse.Namespace) -> int:
 
 def run_in_reactor(plan: ProbePlan) -> list[ProbeResult]:
     """Run the global reactor until every origin is probed (a CLI process runs it once)."""
-    outcome: list[list[ProbeResult] | Failure] = []
 
-    async def main(reactor: IOriginReactor) -> None:
-        try:
-            outcome.append(await probe_all(reactor, plan))
-        except Exception:
-            outcome.append(Failure())
+    async def main(reactor: IOriginReactor) -> list[ProbeResult]:
+        return await probe_all(reactor, plan)
 
-    with contextlib.suppress(SystemExit):  # react always exits; main records the outcome
-        task.react(main)
-    result = outcome[0] if outcome else None
-    if isinstance(result, Failure):
-        result.raiseException()
-    if result is None:  # pragma: no cover - react returns only after main finished
-        raise RuntimeError("the probe ended without a result")
-    return result
+    return run_once(main, "probe")

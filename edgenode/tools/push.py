@@ -21,15 +21,12 @@ normalised: `<prefix>domains/<name>`). etcd unreachable: exit 2.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from twisted.internet import task
-from twisted.python.failure import Failure
 
 from edgenode.config import Config, DomainEntry, domain_key, load_config, load_domains_file
 from edgenode.control.cluster import ClusterStartError, read_token
@@ -45,6 +42,7 @@ from edgenode.control.etcd import (
 )
 from edgenode.errors import ConfigError
 from edgenode.tools.exitcodes import ExitCode
+from edgenode.tools.reactor import run_once
 
 PROG = "edgenode"
 
@@ -233,25 +231,12 @@ def run_push(args: argparse.Namespace) -> int:
 
 def run_in_reactor(node: Config, entries: Sequence[DomainEntry], args: argparse.Namespace) -> int:
     """Run the global reactor for one push (a CLI process runs it once)."""
-    outcome: list[int | Failure] = []
 
-    async def main(reactor: IEtcdReactor) -> None:
+    async def main(reactor: IEtcdReactor) -> int:
         assert node.cluster is not None
         settings = node.cluster.etcd
         token = read_token(settings)
         client = EtcdClient(reactor, settings.endpoints, token=token, timeout=args.timeout)
-        try:
-            outcome.append(
-                await push(client, node, entries, prune=args.prune, dry_run=args.dry_run)
-            )
-        except Exception:
-            outcome.append(Failure())
+        return await push(client, node, entries, prune=args.prune, dry_run=args.dry_run)
 
-    with contextlib.suppress(SystemExit):  # react always exits; main records the outcome
-        task.react(main)
-    result = outcome[0] if outcome else None
-    if isinstance(result, Failure):
-        result.raiseException()
-    if result is None:  # pragma: no cover - react returns only after main finished
-        raise RuntimeError("the push ended without a result")
-    return result
+    return run_once(main, "push")

@@ -11,11 +11,9 @@ the code under test cannot reach it.
 
 from __future__ import annotations
 
-import atexit
 import base64
 import contextlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -26,6 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from . import processes
 from .net import LOOPBACK, free_port, wait_for_port
 
 INSTALL_HINT = (
@@ -33,32 +32,9 @@ INSTALL_HINT = (
     "install Debian's packages (`apt-get install -y etcd-server etcd-client`, which .ci/run does)"
 )
 
-# etcd servers still running, killed at interpreter exit should a test run end abnormally.
-_running: set[subprocess.Popen[bytes]] = set()
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for proc in list(_running):
-        _kill(proc)
-
-
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    _running.discard(proc)
-
-
 def etcd_binary(search_path: str | None = None, fallback: str = "/usr/bin/etcd") -> str:
     """The etcd executable (PATH, then Debian's location); RuntimeError when not installed."""
-    found = shutil.which("etcd", path=search_path)
-    if found:
-        return found
-    if os.access(fallback, os.X_OK):
-        return fallback
-    raise RuntimeError(INSTALL_HINT)
+    return processes.find_binary("etcd", fallback, INSTALL_HINT, search_path)
 
 
 def _distinct_ports(count: int) -> list[int]:
@@ -140,7 +116,7 @@ class EtcdServer:
             proc.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout)
-        _kill(proc)
+        processes.kill_group(proc)
 
     def wipe(self) -> None:
         """Remove the data directory (stopped first): the next start is a new, empty etcd at
@@ -241,7 +217,7 @@ class EtcdServer:
                 start_new_session=True,
             )
         self._proc = proc
-        _running.add(proc)
+        processes.running.add(proc)
 
     def _wait_healthy(self, serve_clients: bool, timeout: float) -> None:
         """Poll /health on the admin port until etcd has a leader and serves reads."""
@@ -266,4 +242,4 @@ class EtcdServer:
     def _kill(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
-            _kill(proc)
+            processes.kill_group(proc)

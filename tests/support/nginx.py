@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
+from . import processes
 from .net import LOOPBACK, free_port, wait_for_port
 from .pki import PKI
 
@@ -83,33 +82,9 @@ http {{
 """
 
 
-# nginx masters still running, killed (with their workers) at interpreter exit
-# should a test run end abnormally.
-_running: set[subprocess.Popen[bytes]] = set()
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for proc in list(_running):
-        _kill_group(proc)
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    _running.discard(proc)
-
-
 def nginx_binary(search_path: str | None = None, fallback: str = "/usr/sbin/nginx") -> str:
     """The nginx executable (PATH, then Debian's location); RuntimeError when not installed."""
-    found = shutil.which("nginx", path=search_path)
-    if found:
-        return found
-    if os.access(fallback, os.X_OK):
-        return fallback
-    raise RuntimeError(INSTALL_HINT)
+    return processes.find_binary("nginx", fallback, INSTALL_HINT, search_path)
 
 
 class NginxOrigin:
@@ -177,7 +152,7 @@ class NginxOrigin:
             proc.send_signal(signal.SIGQUIT)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout)
-        _kill_group(proc)  # also any worker a SIGQUIT left behind
+        processes.kill_group(proc)  # also any worker a SIGQUIT left behind
 
     def error_log(self) -> str:
         try:
@@ -259,7 +234,7 @@ class NginxOrigin:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: workers die with the master
             )
-        _running.add(self._proc)
+        processes.running.add(self._proc)
 
     def _alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -267,7 +242,7 @@ class NginxOrigin:
     def _kill(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
-            _kill_group(proc)
+            processes.kill_group(proc)
 
     def _output(self) -> str:
         try:
