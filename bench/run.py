@@ -912,6 +912,7 @@ class Bench:
                 "-c",
                 TWISTD_WITH_PROVENANCE,
                 "-n",
+                *(["--reactor", self.args.reactor] if self.args.reactor else []),
                 "--pidfile=",
                 "--logfile",
                 str(twistd_log),
@@ -1751,6 +1752,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "the median CPU µs/req and the notes the spread (default 1)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
+    parser.add_argument(
+        "--reactor",
+        default=None,
+        help="twistd's --reactor for the edgenode edges (e.g. asyncio, uvloop); default epoll",
+    )
     parser.add_argument(
         "--workers",
         type=int,
