@@ -129,9 +129,8 @@ def handshake_failure_line(
     ts: float, client: str, sni: str | None, error: str, detail: str
 ) -> bytes:
     """The line of a failed client TLS handshake: no request, so no request fields."""
-    data: dict[str, Any] = dict.fromkeys(FIELDS)
-    data.update(
-        ts=rfc3339(ts),
+    return _request_less_line(
+        ts,
         client=client,
         bytes_sent=0,
         scheme="https",
@@ -139,7 +138,6 @@ def handshake_failure_line(
         error=error,
         error_detail=detail,
     )
-    return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def origin_state_line(
@@ -147,15 +145,21 @@ def origin_state_line(
 ) -> bytes:
     """The line of an origin marked down or up (SPEC §10), so that whoever follows the
     log (`edgenode tail`) sees it beside the requests it explains: `event` says which."""
-    data: dict[str, Any] = dict.fromkeys(FIELDS)
-    data.update(
-        ts=rfc3339(ts),
+    return _request_less_line(
+        ts,
         domain=domain,
         origin=origin,
         sni=sni,
         error_detail=reason,
         event="origin_up" if up else "origin_down",
     )
+
+
+def _request_less_line(ts: float, **fields: Any) -> bytes:
+    """A line that is not a request's: every SPEC §6 field (null unless given), then `fields`."""
+    data: dict[str, Any] = dict.fromkeys(FIELDS)
+    data["ts"] = rfc3339(ts)
+    data.update(fields)
     return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
 
 

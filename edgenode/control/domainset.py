@@ -119,7 +119,12 @@ def validated(node: Config, domain_set: DomainSet) -> dict[str, Domain]:
 def write_cache(path: Path, domain_set: DomainSet) -> None:
     """Replace the cache file whole (written beside it, synced, renamed over it): a crash
     leaves the old file or the new one, never half of one."""
-    data = json.dumps(domain_set.to_json(), ensure_ascii=False, indent=1).encode()
+    replace_file(path, json.dumps(domain_set.to_json(), ensure_ascii=False, indent=1).encode())
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write `data` beside `path`, sync it, and rename it over `path`: a reader (or a crash)
+    sees the old file or the new one, never half of one."""
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:

@@ -15,7 +15,6 @@ The supervisor writes it (edgenode.control.supervisor); a worker reads it at sta
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 import attrs
 
 from edgenode.config import Config, apply_overrides, parse_config
-from edgenode.control.domainset import DomainSet, config_with, validated
+from edgenode.control.domainset import DomainSet, config_with, replace_file, validated
 
 
 @attrs.frozen
@@ -71,9 +70,7 @@ class RunDir:
             "tls_family": None if state.tls_family is None else int(state.tls_family),
             "cluster": None if state.domains is None else state.domains.to_json(),
         }
-        tmp = self.state.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.state)
+        replace_file(self.state, json.dumps(data).encode())
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

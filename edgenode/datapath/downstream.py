@@ -18,7 +18,6 @@ check is not a handshake).
 from __future__ import annotations
 
 import collections
-import socket
 from typing import Any, Protocol
 
 import attrs
@@ -350,9 +349,6 @@ class DownstreamProtocol(TwistedProtocol):
         peer = self.transport.getPeer()
         self.client_ip = getattr(peer, "host", "") or ""
         self.client_ip_bytes = self.client_ip.encode("ascii")
-        handle = self.transport.getHandle()
-        if isinstance(handle, socket.socket) and handle.family in (socket.AF_INET, socket.AF_INET6):
-            handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._writer = SocketWriter(self.transport)
         self.factory.connections.add(self)
         if self.tls:

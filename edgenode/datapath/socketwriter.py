@@ -34,8 +34,20 @@ from zope.interface import implementer
 HIGH_WATER = 65536  # bytes handed to the transport before the paced producer waits
 
 
+def tcp_socket(transport: Any) -> socket.socket | None:
+    """The TCP socket behind `transport`, with TCP_NODELAY set (each side writes whole
+    messages, so Nagle's delay only adds latency); None for anything else, TLS included:
+    a TLS transport's handle is its SSL.Connection (tlstransport.py)."""
+    handle = getattr(transport, "getHandle", None)
+    sock = handle() if handle is not None else None
+    if not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 class SocketWriter:
-    """The write side of one TCP transport."""
+    """The write side of one TCP transport (TCP_NODELAY set on it)."""
 
     __slots__ = ("_direct", "_paused", "_producer", "_queued", "_socket", "_watching", "transport")
 
@@ -47,9 +59,8 @@ class SocketWriter:
         self._queued = 0  # bytes handed to the transport since it last drained
         self._producer: IPushProducer | None = None
         self._paused = False
-        handle = getattr(transport, "getHandle", None)
-        sock = handle() if handle is not None else None
-        if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock = tcp_socket(transport)
+        if sock is not None:
             self._socket = sock
             self._watching = True
             transport.registerProducer(_Drained(self), False)  # resumes it now: direct

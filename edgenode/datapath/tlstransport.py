@@ -33,14 +33,13 @@ Invariants:
   it anyway).
 - `getHandle()` is the SSL.Connection, as with TLSMemoryBIOProtocol: whoever writes
   through this transport must never find the TCP socket there and write around TLS
-  (socketwriter.py writes straight to a handle that is a socket). TCP_NODELAY, which
-  both sides want, is set here on the TCP socket.
+  (socketwriter.py writes straight to a handle that is a socket); the TCP socket under
+  it gets TCP_NODELAY from its own SocketWriter.
 """
 
 from __future__ import annotations
 
 import contextlib
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -106,7 +105,6 @@ class TLSTransport(Protocol):
         else:
             tls.set_connect_state()
         self._tls = tls
-        _set_nodelay(self.transport)
         self._writer = SocketWriter(self.transport)
         self.wrappedProtocol.makeConnection(self)
         if not self._tls_over:  # the wrapped protocol may have aborted already
@@ -436,13 +434,6 @@ class _RecordFramer:
         self._left = 0
         self._header = data[pos:]
         return complete
-
-
-def _set_nodelay(transport: Any) -> None:
-    handle = getattr(transport, "getHandle", None)
-    sock = handle() if handle is not None else None
-    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _represents_eof(exc: BaseException) -> bool:

@@ -9,7 +9,6 @@ Invariants:
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -28,6 +27,7 @@ from edgenode.datapath.headers import (
     TRANSFER_ENCODING,
     Headers,
 )
+from edgenode.datapath.socketwriter import tcp_socket
 from edgenode.datapath.transport import StreamTransport
 from edgenode.errors import ErrorCode, OriginError
 from edgenode.routes import OriginRoute
@@ -130,13 +130,13 @@ class UpstreamConnection(TwistedProtocol):
     def connectionMade(self) -> None:
         now = self.pool.clock.seconds()
         self.connect_ms = (now - self.started) * 1000.0
-        _set_nodelay(self.transport)
         if self.route.tls:
             self._handshake_timer = self.pool.clock.callLater(
                 self.handshake_timeout, self._handshake_timed_out, self.handshake_timeout
             )
             self._handshake_started = now
         else:
+            tcp_socket(self.transport)  # a TLS transport's own SocketWriter does it
             self._became_ready()
 
     def handshakeCompleted(self) -> None:
@@ -434,12 +434,6 @@ def setup_failure(tls: ConnectionTLS | None, exc: BaseException | None) -> Origi
             ErrorCode.ORIGIN_CONNECT_FAILED, f"connection lost while connecting: {exc}"
         )
     return tls.setup_failure(exc)
-
-
-def _set_nodelay(transport: Any) -> None:
-    handle = transport.getHandle() if hasattr(transport, "getHandle") else None
-    if isinstance(handle, socket.socket):
-        handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class OneConnectionFactory(ClientFactory):
