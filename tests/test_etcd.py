@@ -41,7 +41,7 @@ from edgenode.control.etcd import (
     unchanged_since,
 )
 from edgenode.control.follower import FollowerState, PrefixFollower, retry_delay
-from tests.support.etcd import EtcdServer, etcd_binary
+from tests.support.etcd import EtcdServer, etcd_binary, started
 from tests.support.net import LOOPBACK, free_port, port_accepts
 from tests.support.origin import in_reactor
 from tests.support.waiting import wait_until
@@ -51,17 +51,10 @@ from tests.support.waiting import wait_until
 # --------------------------------------------------------------------------
 
 
-def _started(server: EtcdServer) -> EtcdServer:
-    try:
-        return server.start()
-    except RuntimeError as exc:  # not installed, or does not start: fail loudly, never skip
-        pytest.fail(str(exc), pytrace=False)
-
-
 @pytest.fixture(scope="module")
 def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
     """One etcd for the module's tests that only read and write (each under its own prefix)."""
-    server = _started(EtcdServer(tmp_path_factory.mktemp("etcd")))
+    server = started(EtcdServer(tmp_path_factory.mktemp("etcd")))
     yield server
     server.stop()
 
@@ -69,7 +62,7 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer
 @pytest.fixture
 def own_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
     """An etcd this test may stop, restart and wipe."""
-    server = _started(EtcdServer(tmp_path / "etcd"))
+    server = started(EtcdServer(tmp_path / "etcd"))
     yield server
     server.stop()
 

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.edge import EdgeProcess
-from tests.support.etcd import EtcdServer
+from tests.support.etcd import EtcdServer, started
 from tests.support.net import LOOPBACK, free_port
 from tests.support.origin import Servers, TLSOrigin
 from tests.support.pki import PKI
@@ -118,11 +118,7 @@ def fleet_config(pki: PKI, etcd: EtcdServer, **extra: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    server = EtcdServer(tmp_path_factory.mktemp("fleet-etcd"))
-    try:
-        server.start()
-    except RuntimeError as exc:  # not installed, or does not start: fail loudly, never skip
-        pytest.fail(str(exc), pytrace=False)
+    server = started(EtcdServer(tmp_path_factory.mktemp("fleet-etcd")))
     yield server
     server.stop()
 

@@ -23,8 +23,15 @@ import yaml
 
 from edgenode.tools.cli import main
 from tests.support.edge import EdgeProcess, send
-from tests.support.mtls_origin import NO_CERT, MTLSOrigin, MTLSOrigins, client_certificate
-from tests.support.net import LOOPBACK
+from tests.support.mtls_origin import (
+    NO_CERT,
+    MTLSOrigin,
+    MTLSOrigins,
+    at,
+    client_certificate,
+    domain,
+    edge_config,
+)
 from tests.support.nginx import NginxOrigin
 from tests.support.pki import PKI
 from tests.support.waiting import wait_until
@@ -78,25 +85,6 @@ def mtls_origins(reactor_thread: Any) -> Iterator[MTLSOrigins]:
     made = MTLSOrigins()
     yield made
     made.stop_all()
-
-
-def edge_config(pki: PKI, domains: dict[str, Any]) -> dict[str, Any]:
-    """An edge config trusting the test CA, with small timeouts so failures are quick."""
-    return {
-        "tls": {"ca_file": str(pki.ca_file)},
-        "timeouts": {"connect": 2, "tls_handshake": 2, "response_header": 5, "body_idle": 5},
-        "domains": domains,
-    }
-
-
-def at(port: int, **settings: Any) -> dict[str, Any]:
-    """One `origins[]` entry on 127.0.0.1."""
-    return {"address": LOOPBACK, "port": port, **settings}
-
-
-def domain(*origins: dict[str, Any], sni: str, **settings: Any) -> dict[str, Any]:
-    """A domain sending SNI `sni` to its origins."""
-    return {"origin_sni": {"enabled": True, "value": sni}, "origins": list(origins), **settings}
 
 
 def mtls_origin(

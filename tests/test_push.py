@@ -20,18 +20,14 @@ from twisted.internet.defer import Deferred
 from edgenode.config import load_config, load_domains_file
 from edgenode.control.etcd import EtcdClient, Snapshot
 from edgenode.tools.push import push
-from tests.support.etcd import EtcdServer
+from tests.support.etcd import EtcdServer, started
 from tests.support.net import LOOPBACK, free_port
 from tests.support.origin import in_reactor
 
 
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    server = EtcdServer(tmp_path_factory.mktemp("push-etcd"))
-    try:
-        server.start()
-    except RuntimeError as exc:  # not installed, or does not start: fail loudly, never skip
-        pytest.fail(str(exc), pytrace=False)
+    server = started(EtcdServer(tmp_path_factory.mktemp("push-etcd")))
     yield server
     server.stop()
 

@@ -24,6 +24,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from . import processes
 from .net import LOOPBACK, free_port, wait_for_port
 
@@ -243,3 +245,11 @@ class EtcdServer:
         proc, self._proc = self._proc, None
         if proc is not None:
             processes.kill_group(proc)
+
+
+def started(server: EtcdServer) -> EtcdServer:
+    """`server`, started; a test fails (never skips) when etcd is missing or will not start."""
+    try:
+        return server.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)

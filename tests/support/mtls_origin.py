@@ -255,3 +255,25 @@ def client_certificate(pki: PKI, name: str, *, trusted: bool = True) -> dict[str
     leaf = ca.issue_cert(f"{name}.clients.test", common_name=name)
     cert, key = pki.write(leaf, f"client-{name}")
     return {"cert_file": str(cert), "key_file": str(key)}
+
+
+# --- edge configs for tests against these origins (health checks, mTLS) --------------------
+
+
+def edge_config(pki: PKI, domains: dict[str, Any]) -> dict[str, Any]:
+    """An edge config trusting the test CA, with small timeouts so failures are quick."""
+    return {
+        "tls": {"ca_file": str(pki.ca_file)},
+        "timeouts": {"connect": 2, "tls_handshake": 2, "response_header": 5, "body_idle": 5},
+        "domains": domains,
+    }
+
+
+def at(port: int, **settings: Any) -> dict[str, Any]:
+    """One `origins[]` entry on 127.0.0.1."""
+    return {"address": LOOPBACK, "port": port, **settings}
+
+
+def domain(*origins: dict[str, Any], sni: str, **settings: Any) -> dict[str, Any]:
+    """A domain sending SNI `sni` to its origins."""
+    return {"origin_sni": {"enabled": True, "value": sni}, "origins": list(origins), **settings}
