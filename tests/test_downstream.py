@@ -13,6 +13,9 @@ from edgenode.errors import ErrorCode
 from tests.support.memory_client import HOST, Client
 from tests.support.transport import head_of, status_lines
 
+# Run on the pure-Python fallback too (.ci/run, EDGENODE_NO_EXTENSIONS=1).
+pytestmark = pytest.mark.datapath
+
 # --- Parsing ---------------------------------------------------------------------------------
 
 

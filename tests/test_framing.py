@@ -18,6 +18,9 @@ from edgenode.errors import ErrorCode
 from tests.support.memory_client import HOST, Client, RecordingHandler, RecordingSink
 from tests.support.transport import status_lines
 
+# Run on the pure-Python fallback too (.ci/run, EDGENODE_NO_EXTENSIONS=1).
+pytestmark = pytest.mark.datapath
+
 SMUGGLED = b"GET /SMUGGLED HTTP/1.1\r\n" + HOST + b"\r\n"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from edgenode.datapath.headers import (
     HOP_BY_HOP,
     client_response_lines,
@@ -9,6 +11,9 @@ from edgenode.datapath.headers import (
     origin_request_head,
     scan_request,
 )
+
+# Run on the pure-Python fallback too (.ci/run, EDGENODE_NO_EXTENSIONS=1).
+pytestmark = pytest.mark.datapath
 
 Pairs = list[tuple[bytes, bytes]]
 

@@ -25,6 +25,9 @@ from edgenode.datapath.monitor import DURATION_BUCKETS, Monitor
 from edgenode.errors import ErrorCode, OriginError
 from edgenode.routes import OriginRoute
 
+# Run on the pure-Python fallback too (.ci/run, EDGENODE_NO_EXTENSIONS=1).
+pytestmark = pytest.mark.datapath
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -11,14 +11,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 
+from edgenode import speedups
 from edgenode.accesslog import FIELDS, AccessLog, AccessRecord
 from tests.support.origin import TLSOrigin
 from tests.support.pki import PKI
 from tests.support.waiting import wait_until
+
+# Run on the pure-Python fallback too (.ci/run, EDGENODE_NO_EXTENSIONS=1).
+pytestmark = pytest.mark.datapath
 
 
 def _config(pki: PKI, origin: TLSOrigin) -> dict[str, Any]:
@@ -59,6 +64,12 @@ def test_every_line_has_the_documented_fields(edge_factory, pki, origin) -> None
     assert ok["origin"] == f"127.0.0.1:{origin.port}"
     assert ok["bytes_sent"] > 0 and ok["duration_ms"] > 0
     assert (unknown["status"], unknown["error"], unknown["domain"]) == (421, "unknown_domain", None)
+
+
+def test_the_start_log_says_which_data_path_runs(edge_factory, pki, origin) -> None:
+    """Compiled or pure Python, and why (edgenode/speedups.py), in the twistd log."""
+    edge = edge_factory(_config(pki, origin))
+    assert f"data path: {speedups.describe()}" in edge.log_text()
 
 
 def test_name_mismatch_line_explains_itself(edge_factory, pki, origin) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from edgenode.config import Limits
 from edgenode.errors import ErrorCode
 from tests.support.memory_client import HOST, Client
@@ -18,6 +20,9 @@ from tests.test_upstream import (
     plain_route,
     tls_route,
 )
+
+# Run on the pure-Python fallback too (.ci/run, EDGENODE_NO_EXTENSIONS=1).
+pytestmark = pytest.mark.datapath
 
 
 def test_transfer_encoding_other_than_chunked_is_refused_with_400() -> None:

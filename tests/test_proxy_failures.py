@@ -21,6 +21,9 @@ from tests.support.origin import Servers, TLSOrigin
 from tests.support.pki import PKI
 from tests.support.waiting import wait_until
 
+# Run on the pure-Python fallback too (.ci/run, EDGENODE_NO_EXTENSIONS=1).
+pytestmark = pytest.mark.datapath
+
 EdgeFactory = Callable[..., EdgeProcess]
 
 

@@ -27,6 +27,9 @@ from tests.support.origin import TLSOrigin, pattern
 from tests.support.pki import PKI
 from tests.support.procfs import rss_bytes
 
+# Run on the pure-Python fallback too (.ci/run, EDGENODE_NO_EXTENSIONS=1).
+pytestmark = pytest.mark.datapath
+
 EdgeFactory = Callable[..., EdgeProcess]
 MiB = 1024 * 1024
 

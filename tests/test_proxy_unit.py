@@ -19,6 +19,9 @@ from edgenode.datapath.proxy import DEADLINE_TICK
 from tests.support.memory_edge import OK_5, WWW, Edge, http_domain, lose
 from tests.support.transport import head_of, status_lines
 
+# Run on the pure-Python fallback too (.ci/run, EDGENODE_NO_EXTENSIONS=1).
+pytestmark = pytest.mark.datapath
+
 
 def header(data: bytes, name: bytes) -> list[bytes]:
     prefix = name.lower() + b": "

@@ -32,6 +32,9 @@ from tests.support.pki import PKI
 from tests.support.recorder import RecordingOrigin
 from tests.support.waiting import wait_until
 
+# Run on the pure-Python fallback too (.ci/run, EDGENODE_NO_EXTENSIONS=1).
+pytestmark = pytest.mark.datapath
+
 HOSTS = ("a.test", "b.test")
 MAX_HEADER_BYTES = 4096
 

@@ -38,6 +38,9 @@ from edgenode.tools.tail.summary import (
 )
 from edgenode.tools.tail.view import ONCE_COLUMNS, LineSink, live_view
 
+# Run on the pure-Python fallback too (.ci/run, EDGENODE_NO_EXTENSIONS=1).
+pytestmark = pytest.mark.datapath
+
 DOMAINS = ("www.example.com", "img.example.com", "api.example.com", None)
 STATUSES = (200, 200, 200, 204, 301, 304, 404, 421, 500, 502, 503, 504)
 ERRORS = {

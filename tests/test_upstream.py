@@ -28,6 +28,9 @@ from edgenode.errors import ErrorCode, OriginError
 from edgenode.routes import OriginRoute
 from edgenode.tls import OriginTLSCreator, TrustProfile
 
+# Run on the pure-Python fallback too (.ci/run, EDGENODE_NO_EXTENSIONS=1).
+pytestmark = pytest.mark.datapath
+
 REQUEST = b"GET / HTTP/1.1\r\nHost: origin.example\r\n\r\n"
 OK_5 = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
 

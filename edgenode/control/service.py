@@ -46,6 +46,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from edgenode import speedups
 from edgenode.config import Config, apply_overrides, load_config_and_text, workers_count
 from edgenode.control.admin import (
     AdminResource,
@@ -322,6 +323,8 @@ def start_serving(reactor: IEdgeReactor, data: DataPath, reloader: Reloader) -> 
     """What an edge and a worker do alike once started: serve, and answer the signals
     (installed once the reactor runs), with the heap frozen after start-up."""
     data.start()
+    # Compiled or pure Python, and why (speedups.py): the first thing to know about CPU use.
+    log.info("data path: {implementation}", implementation=speedups.describe())
     signals = Signals(reactor, reload=reloader.reload_logged, reopen=data.reopen_access_log)
     reactor.callWhenRunning(signals.install)
     reactor.callWhenRunning(_freeze_heap)

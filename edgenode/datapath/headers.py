@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import attrs
 
+from edgenode import speedups
+
 Headers = list[tuple[bytes, bytes]]
 
 # What the edge does with a header, by direction (the lookup tables below).
@@ -224,3 +226,12 @@ def _without_listed(headers: Headers, actions: _Actions, listed: set[bytes]) -> 
         for name, value in headers
         if actions[name] == KEEP and name.lower() not in listed
     ]
+
+
+# The compiled twins of the functions above (_headers.pyx), when built: speedups.py.
+_compiled = speedups.load("edgenode.datapath._headers")
+if _compiled is not None:
+    scan_request = _compiled.scan_request
+    origin_request_head = _compiled.origin_request_head
+    client_response_lines = _compiled.client_response_lines
+    message_head = _compiled.message_head
