@@ -17,6 +17,8 @@ this repository, exported with `git archive` into the temp dir) or `--baseline-p
 plugin and package (PYTHONPATH=<copy> first, cwd outside any checkout), proven at start
 by the `edgenode.__file__` it prints, and given only the config keys its `edgenode check`
 knows (no HTTPS listener before issue 13: its https cells are skipped with a note).
+With `--pure`, also `edgenode-pure`: this edgenode with its compiled twins turned off
+(EDGENODE_NO_EXTENSIONS=1); the notes quote each edgenode's `data path:` start line.
 
 What it does, in order:
 
@@ -79,6 +81,9 @@ HOST_B = "bench-b.test"
 BODIES = {"1k": 1024, "64k": 65536}
 # Edge kinds in the order of a cell's rows; a baseline edgenode (--baseline) follows edgenode.
 EDGES = ("nginx", "edgenode", "aiohttp")
+# --pure: this edgenode again with its compiled twins turned off (edgenode/speedups.py).
+PURE = "edgenode-pure"
+THIS_EDGENODE = ("edgenode", PURE)  # the installed edgenode, either implementation
 # How the client (wrk, the check) reaches the edge: plain HTTP, or HTTPS to the edge's
 # own certificate (SPEC §8). The origin side is HTTPS with SNI in both.
 SCHEMES = ("http", "https")
@@ -825,7 +830,7 @@ class Bench:
         """
         import yaml
 
-        baseline = self.baseline if kind != "edgenode" else None
+        baseline = None if kind in THIS_EDGENODE else self.baseline
         module = baseline.cli_module() if baseline else "edgenode.tools.cli"
         for _ in range(10):  # bounded: every pass drops at least one key
             path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -880,7 +885,7 @@ class Bench:
         package_root = Path(package).resolve().parent.parent  # <root>/edgenode/__init__.py
         plugin_root = Path(plugin).resolve().parent.parent.parent  # <root>/twisted/plugins/x
         baseline_root = self.baseline.root if self.baseline is not None else None
-        if kind == "edgenode":
+        if kind in THIS_EDGENODE:
             wrong = package_root == baseline_root or plugin_root != package_root
             expected = "both from one checkout, not the baseline's"
         else:
@@ -893,10 +898,28 @@ class Bench:
             )
         self.provenance[kind] = f"`edgenode` from {package}, twistd plugin {plugin} (loads {loads})"
 
+    @staticmethod
+    def implementation_env(kind: str) -> dict[str, str]:
+        """`edgenode` runs what the install built; `edgenode-pure` the pure-Python modules."""
+        env = {k: v for k, v in os.environ.items() if k != "EDGENODE_NO_EXTENSIONS"}
+        if kind == PURE:
+            env["EDGENODE_NO_EXTENSIONS"] = "1"
+        return env
+
+    def check_data_path(self, kind: str, twistd_log: Path, mark: int) -> None:
+        """The start log's `data path:` line (edgenode/speedups.py), into the notes: which
+        implementation ran. `edgenode-pure` must say pure Python; a baseline may predate it."""
+        text = twistd_log.read_bytes()[mark:].decode(errors="replace")
+        found = re.search(r"data path: (.*)", text)
+        if kind == PURE and (found is None or not found.group(1).startswith("pure Python")):
+            raise BenchError(f"{kind} did not run its pure-Python data path: {found}")
+        if found is not None:
+            self.provenance[kind] += f"; data path: {found.group(1)}"
+
     def start_edgenode(self, kind: str, tag: str, client_tls: bool) -> Running:
         """This edgenode (kind `edgenode`, the installed one) or the baseline's."""
         slug = kind.replace("@", "-")
-        baseline = self.baseline if kind != "edgenode" else None
+        baseline = None if kind in THIS_EDGENODE else self.baseline
         access_log = self.tmp / f"{slug}-access-{tag}.log"
         for attempt in range(3):
             port, admin_port, *more = free_ports(3 if client_tls else 2)
@@ -922,7 +945,7 @@ class Bench:
             ]
             mark = twistd_log.stat().st_size if twistd_log.exists() else 0
             out_mark = output.stat().st_size if output.exists() else 0
-            env = baseline.env() if baseline else None
+            env = baseline.env() if baseline else self.implementation_env(kind)
             proc = self.procs.spawn(cmd, output, self.tmp, env)
             try:
                 wait_until(
@@ -941,6 +964,7 @@ class Bench:
                         f"{kind} {what}",
                     )
                 self.check_provenance(kind, output, out_mark)
+                self.check_data_path(kind, twistd_log, mark)
                 return Running(
                     kind,
                     proc,
@@ -1249,6 +1273,8 @@ class Bench:
             self.kinds.insert(at, self.baseline.kind)
         elif self.baseline is not None:
             self.kinds.append(self.baseline.kind)
+        if self.args.pure and "edgenode" in self.kinds:
+            self.kinds.insert(self.kinds.index("edgenode") + 1, PURE)
         self.make_pki_and_files()
         self.start_origin()
         edges = self.kinds
@@ -1458,7 +1484,7 @@ def add_ratios(results: list[dict[str, Any]], baseline_kind: str | None = None) 
             ):
                 row[key] = row[metric] / base[metric] if base[metric] else float("nan")
         before = old.get(cell_key)
-        if row["edge"] == "edgenode" and before is not None:
+        if row["edge"] in THIS_EDGENODE and before is not None:
             for key, metric in (("b_rps", "rps"), ("b_cpu", "cpu_us_per_req")):
                 row[key] = row[metric] / before[metric] if before[metric] else float("nan")
 
@@ -1717,6 +1743,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--baseline-path",
         metavar="DIR",
         help="the same with a checkout already on disk (its edgenode/ and twisted/plugins/)",
+    )
+    parser.add_argument(
+        "--pure",
+        action="store_true",
+        help="also bench this edgenode with its compiled twins turned off "
+        f"(EDGENODE_NO_EXTENSIONS=1), as edge kind {PURE}, in the same cells",
     )
     parser.add_argument(
         "--aiohttp-access-log",
