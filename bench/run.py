@@ -442,18 +442,20 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
-def tree_cpu_ticks(root: int) -> int:
-    """utime+stime+cutime+cstime summed over the live tree.
+def tree_cpu_ticks(root: int) -> tuple[int, int]:
+    """(user, system) ticks summed over the live tree: utime+cutime, stime+cstime.
 
     A process that exits and is reaped moves its time into its parent's cutime/cstime,
-    so the sum keeps counting it: it grows monotonically across worker restarts.
+    so the sums keep counting it: they grow monotonically across worker restarts.
     """
-    total = 0
+    user = system = 0
     for pid in process_tree(root):
         fields = _stat_fields(pid)
         if fields is not None:  # fields 14..17 of stat(5) = indexes 11..14 here
-            total += sum(int(v) for v in fields[11:15])
-    return total
+            utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
+            user += utime + cutime
+            system += stime + cstime
+    return user, system
 
 
 def vm_hwm_kib(pid: int) -> int:
@@ -1142,7 +1144,8 @@ class Bench:
             hwm_kib = sum(vm_hwm_kib(pid) for pid in pids)
         finally:
             self.procs.stop(edge.proc)
-        cpu_us = (cpu1 - cpu0) * 1e6 / CLK_TCK
+        sys_us = (cpu1[1] - cpu0[1]) * 1e6 / CLK_TCK
+        cpu_us = (sum(cpu1) - sum(cpu0)) * 1e6 / CLK_TCK
         requests = result["requests"]
         result.update(
             edge=edge_kind,
@@ -1150,12 +1153,15 @@ class Bench:
             conns=conns,
             client=scheme,
             cpu_us_per_req=cpu_us / requests if requests else float("nan"),
+            # The kernel's share (system calls, the loopback TCP they drive): what a
+            # faster user space cannot remove.
+            sys_us_per_req=sys_us / requests if requests else float("nan"),
             edge_busy=cpu_us / 1e6 / wall,
             load_busy=(core1[0] - core0[0]) / max(1, core1[1] - core0[1]),
             # The edge core's busy share not spent by the edge: other processes (noise).
             edge_core_other=max(
                 0.0,
-                (edge_core1[0] - edge_core0[0] - (cpu1 - cpu0))
+                (edge_core1[0] - edge_core0[0] - (sum(cpu1) - sum(cpu0)))
                 / max(1, edge_core1[1] - edge_core0[1]),
             ),
             rss_mib=hwm_kib / 1024,
@@ -1428,6 +1434,7 @@ COLUMNS = (
     ("p50 ms", "p50_ms"),
     ("p99 ms", "p99_ms"),
     ("CPU µs/req", "cpu_us_per_req"),
+    ("of it sys", "sys_us_per_req"),
     ("edge core %", "edge_busy"),
     ("load core %", "load_busy"),
     ("peak RSS MiB", "rss_mib"),
@@ -1507,7 +1514,7 @@ def cell(row: dict[str, Any], key: str) -> str:
         return f"{value * 100:.0f}"
     if key.startswith("r_"):
         return f"{value:.2f}"
-    if key == "cpu_us_per_req":
+    if key in ("cpu_us_per_req", "sys_us_per_req"):
         return f"{value:.1f}"
     return f"{value:.2f}"
 
@@ -1688,7 +1695,9 @@ def render_markdown(
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions(kinds, baseline).items()) + ".",
         "",
         "CPU µs/req = (utime+stime+cutime+cstime of the edge's process tree after the run - "
-        "before, from /proc/<pid>/stat, in clock ticks → µs) ÷ requests wrk completed. "
+        "before, from /proc/<pid>/stat, in clock ticks → µs) ÷ requests wrk completed; "
+        "`of it sys` is the stime+cstime part (the kernel: system calls and the loopback TCP "
+        "they drive). "
         "edge core % = that CPU time ÷ wall time; load core % = busy share of the core "
         "shared by wrk and the origin (near 100 % means the load side, not the edge, set "
         "the pace). Peak RSS = VmHWM (nginx: its worker). Ratios are each edge ÷ nginx from "
