@@ -1,0 +1,729 @@
+"""TLS on the socket itself: a pyOpenSSL `SSL.Connection(ctx, sock)` registered with the
+reactor as its own descriptor (PROTOTYPE, issue 16).
+
+`SocketTLSTransport` is the transport of one wrapped protocol, like `TLSTransport`
+(tlstransport.py), but instead of memory BIOs between OpenSSL and Twisted's
+`tcp.Connection` it owns the non-blocking socket, gives OpenSSL its file descriptor, and
+registers itself with `IReactorFDSet.addReader/addWriter` as an `IReadWriteDescriptor`.
+Per read: one `SSL_read` (OpenSSL does the recv) instead of `recv` + `bio_write` +
+`SSL_read`; per write: one `SSL_write` (OpenSSL does the send) instead of `SSL_write` +
+`bio_read` + `send`; and no `tcp.Connection.doRead` in between. Public APIs only: the
+reactor's `IReactorFDSet`, pyOpenSSL's `Connection(ctx, socket)`, the `socket` module.
+
+What the wrapped protocol sees is what `TLSTransport`'s docstring lists:
+- Eager writes, order kept. A write goes to `SSL_write` at once while nothing is queued;
+  what the socket does not take is queued (plaintext; OpenSSL keeps the record it already
+  made and the retry passes the same bytes first) and sent from `doWrite`, in order.
+- Upload backpressure. A streaming producer registered here is paused once more than
+  HIGH_WATER plaintext bytes are queued and resumed when the queue is empty; it gets
+  stopProducing() when the connection is lost.
+- Reads. One `dataReceived` per readable event: the records read, joined. A read stops
+  after a record shorter than the maximum (the sender had no more); a full record means
+  more is probably there, so it reads on until OpenSSL wants more.
+- Ends: connectionLost gets the `SSL.Error` that ended TLS (handshake failure, fatal
+  alert); an EOF without close_notify, or a reset, is `ConnectionLost`; a TLS close
+  (close_notify either way) or our loseConnection is `ConnectionDone`; abortConnection
+  is `ConnectionAborted`. connectionLost is never called from inside a call the wrapped
+  protocol made (it comes in a later reactor turn, as with Twisted's TCP transport).
+- loseConnection sends close_notify once the queue is empty (after the producer is
+  unregistered), then closes TCP; before the handshake finished it aborts.
+- `getHandle()` is the SSL.Connection; `handshake_started` says whether the peer sent a
+  byte (server side: a port check sends none).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet import address as twaddress
+from twisted.internet import error as neterror
+from twisted.internet.interfaces import (
+    IConsumer,
+    IHandshakeListener,
+    ILoggingContext,
+    IProtocol,
+    IPushProducer,
+    IReadWriteDescriptor,
+    ISystemHandle,
+    ITransport,
+)
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from edgenode.datapath.socketwriter import HIGH_WATER
+from edgenode.datapath.tlstransport import _represents_eof
+
+_RECV_SIZE = 65536  # > one record's plaintext (16 KiB): each SSL_read takes a whole record
+_MAX_RECORD = 16384  # a record this full says the sender had more
+
+
+def _address(sockaddr: Any, family: int) -> Any:
+    if family == socket.AF_INET6:
+        return twaddress.IPv6Address("TCP", sockaddr[0], sockaddr[1])
+    return twaddress.IPv4Address("TCP", sockaddr[0], sockaddr[1])
+
+
+@implementer(
+    ITransport,
+    IConsumer,
+    IPushProducer,
+    ISystemHandle,
+    IReadWriteDescriptor,
+    ILoggingContext,
+)
+class SocketTLSTransport:
+    """TLS on one connected non-blocking socket (client end, or with `accept` the server
+    end); the transport of one wrapped protocol, and its own reactor descriptor."""
+
+    disconnecting = False
+
+    def __init__(
+        self,
+        reactor: Any,
+        sock: socket.socket,
+        new_connection: Callable[[socket.socket], SSL.Connection],
+        wrapped: IProtocol,
+        *,
+        accept: bool = False,
+    ) -> None:
+        self.reactor = reactor
+        self.socket = sock
+        self._fd = sock.fileno()
+        self.wrappedProtocol: Any = wrapped
+        self._accept = accept
+        self._new_connection = new_connection
+        self._listener = IHandshakeListener.providedBy(wrapped)
+        self._tls: SSL.Connection | None = None
+        self.handshake_started = not accept
+        self._handshake_done = False
+        self._tls_over = False  # TLS ended: no more SSL I/O (close_notify excepted)
+        self._closed = False  # the socket is closed (connectionLost comes, or came)
+        self._lost = False  # connectionLost delivered
+        self._reading = False  # registered with addReader
+        self._writing = False  # registered with addWriter
+        self._read_paused = False  # pauseProducing (reading backpressure)
+        self._read_wants_write = False  # SSL_read / handshake needs the socket writable
+        self._write_wants_read = False  # SSL_write needs a read first (renegotiation)
+        self._out: list[bytes] = []  # plaintext not written yet, in order
+        self._queued = 0
+        self._producer: Any = None
+        self._producer_paused = False
+        self._close_when_unregistered = False
+        self._close_when_drained = False
+        self._closing_tls = False  # close_notify did not go out whole yet
+        self._reason: Failure | None = None
+        self._family = sock.family
+        self._peer = _address(sock.getpeername(), sock.family)
+        self._host = _address(sock.getsockname(), sock.family)
+
+    # -- start ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """The socket is connected: make TLS, tell the wrapped protocol, start reading (and
+        on the client end send the ClientHello)."""
+        sock = self.socket
+        sock.setblocking(False)
+        if self._family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tls = self._new_connection(sock)
+        if self._accept:
+            tls.set_accept_state()
+        else:
+            tls.set_connect_state()
+        self._tls = tls
+        self.wrappedProtocol.makeConnection(self)
+        if self._closed:  # the wrapped protocol aborted already
+            return
+        self._start_reading()
+        if not self._accept:
+            self._handshake()
+
+    # -- the reactor's descriptor -------------------------------------------------
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def logPrefix(self) -> str:
+        return "SocketTLS"
+
+    def doRead(self) -> None:
+        if self._closed:
+            return None
+        if not self._handshake_done:
+            if not self.handshake_started:
+                try:
+                    self.handshake_started = bool(self.socket.recv(1, socket.MSG_PEEK))
+                except BlockingIOError:
+                    return None
+                except OSError:
+                    pass
+            if not self._handshake():
+                return None
+        if self._write_wants_read:
+            self._write_wants_read = False
+            self._send_out()
+            if self._tls_over:
+                return None
+        if not self._read_paused:
+            self._read()
+        return None
+
+    def doWrite(self) -> None:
+        if self._closed:
+            return None
+        if self._closing_tls:
+            self._shutdown()
+            return None
+        if self._read_wants_write:
+            self._read_wants_write = False
+            if not self._handshake_done:
+                if not self._handshake():
+                    return None
+            elif not self._read_paused:
+                self._read()
+                if self._tls_over:
+                    return None
+        if self._out and not self._write_wants_read:
+            self._send_out()
+            if self._tls_over:
+                return None
+        if not self._out and not self._read_wants_write:
+            self._stop_writing()
+            self._drained()
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        """From the reactor: it is shutting down, or a callback of ours raised."""
+        if self._lost:
+            return
+        self._tls_over = True
+        if not self._closed:
+            self._close_socket(orderly=False)
+        self._deliver_lost(reason)
+
+    # -- handshake ------------------------------------------------------------
+
+    def _handshake(self) -> bool:
+        """Take the handshake one step; True once it completed."""
+        tls = self._tls
+        assert tls is not None
+        try:
+            tls.do_handshake()
+        except SSL.WantReadError:
+            return False
+        except SSL.WantWriteError:
+            self._read_wants_write = True
+            self._start_writing()
+            return False
+        except SSL.Error:
+            self._fail(Failure())
+            return False
+        self._handshake_done = True
+        if self._out:
+            self._send_out()
+        if self._listener and not self._tls_over:
+            self.wrappedProtocol.handshakeCompleted()
+        return not self._tls_over
+
+    # -- reading --------------------------------------------------------------
+
+    def _read(self) -> None:
+        tls = self._tls
+        assert tls is not None
+        pieces: list[bytes] = []
+        closed = False
+        failure: Failure | None = None
+        while True:
+            try:
+                data = tls.recv(_RECV_SIZE)
+            except SSL.WantReadError:
+                break
+            except SSL.WantWriteError:
+                self._read_wants_write = True  # a reply OpenSSL owes (key update) waits
+                self._start_writing()
+                break
+            except SSL.ZeroReturnError:
+                closed = True
+                break
+            except SSL.Error:
+                failure = Failure()
+                break
+            pieces.append(data)
+            if len(data) < _MAX_RECORD:
+                break
+        if pieces:
+            self.wrappedProtocol.dataReceived(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        if self._tls_over:  # the wrapped protocol closed or aborted while it read
+            return
+        if closed:
+            self._shutdown()  # answer close_notify, then close
+        elif failure is not None:
+            self._fail(failure)
+
+    # -- writing --------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self._tls_over or (self.disconnecting and self._producer is None):
+            return
+        if not data:
+            return
+        if self._out or not self._handshake_done:
+            self._queue(data)
+            return
+        tls = self._tls
+        assert tls is not None
+        try:
+            sent = tls.send(data)
+        except SSL.WantWriteError:
+            self._queue(data)
+            self._start_writing()
+            return
+        except SSL.WantReadError:
+            self._queue(data)
+            self._write_wants_read = True
+            return
+        except SSL.Error:
+            self._write_failed(Failure())
+            return
+        if sent < len(data):
+            self._queue(data[sent:])
+            self._send_out()
+
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def _queue(self, data: bytes) -> None:
+        self._out.append(data)
+        self._queued += len(data)
+        producer = self._producer
+        if self._queued > HIGH_WATER and producer is not None and not self._producer_paused:
+            self._producer_paused = True
+            producer.pauseProducing()
+
+    def _send_out(self) -> None:
+        """Write the queue in order until the socket blocks."""
+        tls = self._tls
+        assert tls is not None
+        out = self._out
+        while out:
+            data = out[0]
+            try:
+                sent = tls.send(data)
+            except SSL.WantWriteError:
+                self._start_writing()
+                return
+            except SSL.WantReadError:
+                self._write_wants_read = True
+                return
+            except SSL.Error:
+                self._write_failed(Failure())
+                return
+            self._queued -= sent
+            if sent < len(data):
+                out[0] = data[sent:]
+            else:
+                del out[0]
+        if self._writing and not self._read_wants_write:
+            self._stop_writing()
+        self._drained()
+
+    def _drained(self) -> None:
+        if self._producer_paused and self._producer is not None:
+            self._producer_paused = False
+            self._producer.resumeProducing()
+        if self._close_when_drained and not self._out:
+            self._close_when_drained = False
+            self._shutdown()
+
+    def _write_failed(self, failure: Failure) -> None:
+        """The socket refused a write (reset, broken pipe): what the peer sent before it
+        (an alert, say) is read first, as the TCP transport would have."""
+        self._read()
+        if not self._tls_over:
+            self._record(Failure(neterror.ConnectionLost(str(failure.value))))
+            self._tls_over = True
+            self._close()
+
+    # -- IConsumer: the upload producer -----------------------------------------
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if not streaming:
+            raise TypeError("SocketTLSTransport takes streaming (push) producers only")
+        if self._producer is not None:
+            raise RuntimeError(f"cannot register {producer}: {self._producer} is registered")
+        if self._closed or self._tls_over:
+            producer.stopProducing()
+            return
+        self._producer = producer
+        self._producer_paused = False
+        if self._queued > HIGH_WATER:
+            self._producer_paused = True
+            producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        if self._producer is None:
+            return
+        self._producer = None
+        self._producer_paused = False
+        if self._close_when_unregistered:
+            self._close_when_unregistered = False
+            self._close_after_queue()
+
+    # -- closing --------------------------------------------------------------
+
+    def loseConnection(self) -> None:
+        """close_notify once the queue is sent, then close TCP (abort before the handshake)."""
+        if self.disconnecting or self._closed:
+            return
+        if not self._handshake_done:
+            self.abortConnection()
+            return
+        self.disconnecting = True
+        if self._producer is not None:
+            self._close_when_unregistered = True  # Twisted's rule: the producer goes first
+            return
+        self._close_after_queue()
+
+    def _close_after_queue(self) -> None:
+        if self._out:
+            self._close_when_drained = True
+        else:
+            self._shutdown()
+
+    def abortConnection(self) -> None:
+        if self._closed:
+            return
+        self.disconnecting = True
+        self._tls_over = True
+        self._close_socket(orderly=False)
+        self._lose_later(Failure(neterror.ConnectionAborted()))
+
+    def _shutdown(self) -> None:
+        """Send close_notify (answering the peer's, or ours), then close."""
+        if self._closed:
+            return
+        self._tls_over = True
+        tls = self._tls
+        assert tls is not None
+        try:
+            tls.shutdown()
+        except SSL.WantWriteError:
+            self._closing_tls = True  # the socket is full: doWrite tries again
+            self._stop_reading()
+            self._start_writing()
+            return
+        except SSL.Error:
+            pass  # nothing more to say to a peer TLS failed with
+        self._closing_tls = False
+        self._close()
+
+    def _fail(self, failure: Failure) -> None:
+        """TLS failed: OpenSSL already wrote the alert it had; close and keep the reason."""
+        self._record(failure)
+        self._tls_over = True
+        self._close()
+
+    def _record(self, failure: Failure) -> None:
+        value = failure.value
+        if _represents_eof(value) or isinstance(value, SSL.SysCallError):
+            # An EOF in violation of TLS, or a reset: a lost connection.
+            failure = Failure(neterror.ConnectionLost("Connection lost"))
+        if self._reason is None:
+            self._reason = failure
+
+    def _close(self) -> None:
+        """Close TCP in order (what we had to send went out) and report it later."""
+        self._close_socket(orderly=True)
+        self._lose_later(Failure(neterror.ConnectionDone("Connection was closed cleanly.")))
+
+    def _close_socket(self, *, orderly: bool) -> None:
+        self._closed = True
+        self._stop_reading()
+        self._stop_writing()
+        sock = self.socket
+        try:
+            if orderly:
+                sock.shutdown(socket.SHUT_RDWR)
+            else:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        sock.close()
+        self._fd = -1
+
+    def _lose_later(self, reason: Failure) -> None:
+        self.reactor.callLater(0, self._deliver_lost, reason)
+
+    def _deliver_lost(self, reason: Failure) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.stopProducing()  # what the TCP transport does for its producer
+        wrapped, self.wrappedProtocol = self.wrappedProtocol, None  # no cycle left behind
+        reason, self._reason = self._reason or reason, None
+        if wrapped is not None:
+            wrapped.connectionLost(reason)
+
+    # -- registration -------------------------------------------------------------
+
+    def _start_reading(self) -> None:
+        if not self._reading and not self._closed:
+            self._reading = True
+            self.reactor.addReader(self)
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self.reactor.removeReader(self)
+
+    def _start_writing(self) -> None:
+        if not self._writing and not self._closed:
+            self._writing = True
+            self.reactor.addWriter(self)
+
+    def _stop_writing(self) -> None:
+        if self._writing:
+            self._writing = False
+            self.reactor.removeWriter(self)
+
+    # -- the rest of the transport API ------------------------------------------
+
+    def pauseProducing(self) -> None:
+        """Reading backpressure: stop reading the peer's socket."""
+        self._read_paused = True
+        self._stop_reading()
+
+    def resumeProducing(self) -> None:
+        self._read_paused = False
+        if not self._tls_over:
+            self._start_reading()
+
+    def stopProducing(self) -> None:
+        self.loseConnection()
+
+    def getHandle(self) -> Any:
+        """The SSL.Connection, as TLSTransport gives (never the socket: see socketwriter)."""
+        return self._tls
+
+    def getPeer(self) -> Any:
+        return self._peer
+
+    def getHost(self) -> Any:
+        return self._host
+
+
+# -- connecting (the origin side) ------------------------------------------------------
+
+
+class _Connector:
+    """One non-blocking TCP connect to a literal address; the connector the factory sees."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        host: str,
+        port: int,
+        factory: Any,
+        timeout: float,
+        new_connection: Callable[[socket.socket], SSL.Connection],
+    ) -> None:
+        self.reactor = reactor
+        self.host = host
+        self.port = port
+        self.factory = factory
+        self.timeout = timeout
+        self._new_connection = new_connection
+        self._timer: Any = None
+        self._done = False
+        self._writing = False
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        self.socket.setblocking(False)
+        self._fd = self.socket.fileno()
+
+    def connect(self) -> None:
+        self.factory.startedConnecting(self)
+        try:
+            code = self.socket.connect_ex((self.host, self.port))
+        except OSError as e:  # e.g. a name that is not a literal address
+            code = e.errno or errno.EINVAL
+            self._failed(neterror.ConnectError(string=str(e)))
+            return
+        if code in (0, errno.EISCONN):
+            self._connected()
+            return
+        if code not in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
+            self._failed(_connect_error(code))
+            return
+        self._writing = True
+        self.reactor.addWriter(self)
+        self._timer = self.reactor.callLater(self.timeout, self._timed_out)
+
+    # IWriteDescriptor
+    def fileno(self) -> int:
+        return self._fd
+
+    def logPrefix(self) -> str:
+        return "SocketTLSConnect"
+
+    def doWrite(self) -> None:
+        code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            self._failed(_connect_error(code))
+        else:
+            self._connected()
+        return None
+
+    def doRead(self) -> None:
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        if not self._done:
+            self._failed(reason.value)
+
+    def _unregister(self) -> None:
+        if self._writing:
+            self._writing = False
+            self.reactor.removeWriter(self)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._failed(neterror.TimeoutError())
+
+    def _failed(self, exc: BaseException) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._unregister()
+        self.socket.close()
+        self.factory.clientConnectionFailed(self, Failure(exc))
+
+    def _connected(self) -> None:
+        self._done = True
+        self._unregister()
+        try:
+            peer = self.socket.getpeername()
+        except OSError as e:
+            self._done = False
+            self._failed(_connect_error(e.errno or errno.ENOTCONN))
+            return
+        wrapped = self.factory.buildProtocol(_address(peer, self.socket.family))
+        if wrapped is None:
+            self.socket.close()
+            return
+        SocketTLSTransport(self.reactor, self.socket, self._new_connection, wrapped).start()
+
+    def stopConnecting(self) -> None:
+        self._failed(neterror.UserError(string="stopConnecting"))
+
+    def getDestination(self) -> Any:
+        return _address((self.host, self.port), self.socket.family)
+
+
+def _connect_error(code: int) -> BaseException:
+    if code == errno.ECONNREFUSED:
+        return neterror.ConnectionRefusedError(string=errno.errorcode.get(code, str(code)))
+    if code == errno.ETIMEDOUT:
+        return neterror.TCPTimedOutError(string=errno.errorcode.get(code, str(code)))
+    return neterror.ConnectError(string=f"{errno.errorcode.get(code, code)}: {__import__('os').strerror(code)}")
+
+
+def connect_tls(
+    reactor: Any,
+    host: str,
+    port: int,
+    factory: Any,
+    timeout: float,
+    new_connection: Callable[[socket.socket], SSL.Connection],
+) -> _Connector:
+    """connectTCP's part for a TLS origin: connect `host` (a literal address), then run the
+    protocol `factory` builds over a SocketTLSTransport (client end)."""
+    connector = _Connector(reactor, host, port, factory, timeout, new_connection)
+    connector.connect()
+    return connector
+
+
+# -- accepting (the client side) ---------------------------------------------------------
+
+
+@implementer(IReadWriteDescriptor, ILoggingContext)
+class TLSListener:
+    """A listening socket accepted from by hand; each connection is the server end of TLS
+    over a SocketTLSTransport around what `build_wrapped(addr)` makes."""
+
+    accepts_per_read = 32
+
+    def __init__(
+        self,
+        reactor: Any,
+        sock: socket.socket,
+        new_connection: Callable[[socket.socket], SSL.Connection],
+        build_wrapped: Callable[[Any], IProtocol | None],
+    ) -> None:
+        self.reactor = reactor
+        self.socket = sock
+        sock.setblocking(False)
+        self._fd = sock.fileno()
+        self._new_connection = new_connection
+        self._build_wrapped = build_wrapped
+        self._listening = False
+
+    def startListening(self) -> None:
+        if not self._listening:
+            self._listening = True
+            self.reactor.addReader(self)
+
+    def stopListening(self) -> None:
+        if self._listening:
+            self._listening = False
+            self.reactor.removeReader(self)
+            self.socket.close()
+            self._fd = -1
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def logPrefix(self) -> str:
+        return "SocketTLSListener"
+
+    def getHost(self) -> Any:
+        return _address(self.socket.getsockname(), self.socket.family)
+
+    def doRead(self) -> None:
+        for _ in range(self.accepts_per_read):
+            try:
+                conn, addr = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return None
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
+                               errno.ECONNABORTED):
+                    return None
+                raise
+            wrapped = self._build_wrapped(_address(addr, conn.family))
+            if wrapped is None:
+                conn.close()
+                continue
+            try:
+                SocketTLSTransport(
+                    self.reactor, conn, self._new_connection, wrapped, accept=True
+                ).start()
+            except OSError:
+                conn.close()  # gone before we looked (getpeername on a reset socket)
+        return None
+
+    def doWrite(self) -> None:
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.stopListening()
