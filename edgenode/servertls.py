@@ -35,7 +35,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import attrs
 from OpenSSL import SSL
@@ -103,9 +103,10 @@ class ServerTLS:
         """What decides whether a reload can keep this ServerTLS (and its ticket keys)."""
         return (tuple(certificates), min_version, unknown_sni)
 
-    def new_connection(self) -> SSL.Connection:
-        """A connection for one accepted TCP connection (the transport sets accept state)."""
-        return SSL.Connection(self._front, None)
+    def new_connection(self, sock: Any = None) -> SSL.Connection:
+        """A connection for one accepted TCP connection (the transport sets accept state);
+        on `sock` for socktls.py, else on memory BIOs."""
+        return SSL.Connection(self._front, sock)
 
     # -- building -------------------------------------------------------------
 

@@ -307,9 +307,10 @@ class OriginTLSCreator:
         """`new_connection(facts)` as Twisted's TLS factory asks for it."""
         return _OneConnection(self, facts)
 
-    def new_connection(self, facts: ConnectionTLS) -> SSL.Connection:
-        """The SSL.Connection of one connection of this route, recording into `facts`."""
-        conn = SSL.Connection(self.profile.context)
+    def new_connection(self, facts: ConnectionTLS, sock: Any = None) -> SSL.Connection:
+        """The SSL.Connection of one connection of this route, recording into `facts`
+        (on `sock`, the connected socket, for socktls.py; else on memory BIOs)."""
+        conn = SSL.Connection(self.profile.context, sock)
         facts.connection = conn
         if self._sni_bytes is not None:
             conn.set_tlsext_host_name(self._sni_bytes)

@@ -30,6 +30,7 @@ from zope.interface import implementer
 from edgenode.datapath.headers import Headers
 from edgenode.datapath.pool import OriginPool
 from edgenode.datapath.socketwriter import HIGH_WATER
+from edgenode.datapath.socktls import SocketTLSTransport
 from edgenode.datapath.tlstransport import TLSTransport
 from edgenode.datapath.upstream import UpstreamConnection
 from edgenode.errors import ErrorCode, OriginError
@@ -170,9 +171,12 @@ class Uploader:
         self.paused = True
 
 
-@pytest.fixture
-def pool(reactor_thread: Any) -> Iterator[OriginPool]:
-    made = OriginPool(reactor_thread, max_per_server=8, queue_timeout=5.0)
+@pytest.fixture(params=[False, True], ids=["bio", "socket"])
+def pool(reactor_thread: Any, request: Any) -> Iterator[OriginPool]:
+    """The pool on each TLS transport: memory BIOs (tlstransport.py), on the socket (socktls.py)."""
+    made = OriginPool(
+        reactor_thread, max_per_server=8, queue_timeout=5.0, socket_tls=request.param
+    )
     yield made
     in_reactor(made.stop)
 
@@ -203,7 +207,8 @@ def test_each_sni_gets_its_own_certificate_and_vhost(
         ex = run(pool, tls_route(profile, origin.port, name, name), get("/", name))
         assert ex.error is None and ex.status == 200
         conn = ex.conn
-        assert conn is not None and isinstance(conn.transport, TLSTransport)
+        transport = SocketTLSTransport if pool.socket_tls else TLSTransport
+        assert conn is not None and isinstance(conn.transport, transport)
         record = json.loads(b"".join(ex.body))
         assert (record["sni"], record["vhost"], record["host"]) == (name, name, name)
         assert conn.tls is not None and conn.tls.peer is not None

@@ -41,6 +41,7 @@ from typing import Any, cast
 
 from twisted.application import service
 from twisted.internet import defer, task
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python import usage
@@ -286,6 +287,23 @@ def listen(
         failures[0].raiseException()
 
 
+def socket_tls_enabled() -> bool:
+    """TLS on the socket itself on both sides of the data path (socktls.py, PROTOTYPE of
+    issue 16); `EDGENODE_SOCKET_TLS=0` goes back to memory BIOs over Twisted's TCP."""
+    return os.environ.get("EDGENODE_SOCKET_TLS", "1") != "0"
+
+
+def listen_tls_socket(data: DataPath, description: str, ports: list[IListeningPort]) -> None:
+    """The HTTPS listener on our own listening socket (socktls.py): bound here, a failure to
+    bind raises as Twisted's listenTCP would."""
+    endpoint = parse_server_endpoint(description)
+    try:
+        (sock,) = bind_listeners(endpoint, 1, share="inherit")
+    except OSError as e:
+        raise CannotListenError(endpoint.interface, endpoint.port, e) from None
+    ports.append(data.listen_tls(sock))  # type: ignore[arg-type]
+
+
 def https_note(config: Config) -> str:
     """For the start line: the HTTPS listener and its certificates, if any."""
     if config.listen_tls is None:
@@ -362,7 +380,13 @@ class EdgeService(service.Service):
 
     def privilegedStartService(self) -> None:
         config = self.config
-        self.data = DataPath(config, self.reactor, process="single", generation=1)
+        self.data = DataPath(
+            config,
+            self.reactor,
+            process="single",
+            generation=1,
+            socket_tls=socket_tls_enabled(),
+        )
         source, target = reload_pieces(
             ConfigFile(config.source, self.overrides), self.data, self.cluster
         )
@@ -379,7 +403,10 @@ class EdgeService(service.Service):
         )
         listen(self.reactor, config.listen, self.data.factory, self.ports)
         if config.listen_tls is not None:
-            listen(self.reactor, config.listen_tls, self.data.tls_factory, self.ports)
+            if self.data.socket_tls:
+                listen_tls_socket(self.data, config.listen_tls, self.ports)
+            else:
+                listen(self.reactor, config.listen_tls, self.data.tls_factory, self.ports)
         listen(self.reactor, config.admin.listen, admin, self.ports)
         super().privilegedStartService()
 
@@ -436,17 +463,26 @@ class WorkerService(service.Service):
 
     def privilegedStartService(self) -> None:
         self.data = DataPath(
-            self.config, self.reactor, process="worker", generation=self.state.generation
+            self.config,
+            self.reactor,
+            process="worker",
+            generation=self.state.generation,
+            socket_tls=socket_tls_enabled(),
         )
         self.reloader = Reloader(
             self.data.holder, self.data.monitor, StateFile(self.state_path), self.data
         )
         self.ports.append(adopt_listener(self.reactor, self.state.family, self.data.factory))
         if self.state.tls_family is not None:
-            tls_port = adopt_listener(
-                self.reactor, self.state.tls_family, self.data.tls_factory, LISTEN_TLS_FD
-            )
-            self.ports.append(tls_port)
+            if self.data.socket_tls:
+                os.set_blocking(LISTEN_TLS_FD, False)
+                sock = socket.socket(self.state.tls_family, socket.SOCK_STREAM, fileno=LISTEN_TLS_FD)
+                self.ports.append(self.data.listen_tls(sock))  # type: ignore[arg-type]
+            else:
+                tls_port = adopt_listener(
+                    self.reactor, self.state.tls_family, self.data.tls_factory, LISTEN_TLS_FD
+                )
+                self.ports.append(tls_port)
         super().privilegedStartService()
 
     def startService(self) -> None:

@@ -9,6 +9,7 @@ the tests, which build it on a MemoryReactorClock.
 from __future__ import annotations
 
 import contextlib
+import socket
 
 from OpenSSL import SSL
 from twisted.internet import defer
@@ -22,6 +23,7 @@ from edgenode.datapath.health import Health
 from edgenode.datapath.monitor import Monitor, Process
 from edgenode.datapath.pool import OriginPool
 from edgenode.datapath.proxy import Proxy
+from edgenode.datapath.socktls import TLSListener
 from edgenode.datapath.tlstransport import ClientTLSFactory
 from edgenode.reactors import IEdgeReactor
 from edgenode.routes import OriginRoute
@@ -46,13 +48,17 @@ class DataPath:
         process: Process,
         generation: int,
         access_log: AccessLog | None = None,
+        socket_tls: bool = False,
     ) -> None:
         self.reactor = reactor
+        # TLS on the socket itself (socktls.py) on both sides; a real reactor only.
+        self.socket_tls = socket_tls
         self.holder = RuntimeHolder(build_runtime(config, generation=generation))
         self.pool = OriginPool(
             reactor,
             max_per_server=config.limits.origin_max_connections,
             queue_timeout=config.limits.origin_queue_timeout,
+            socket_tls=socket_tls,
         )
         # The config's access log, unless the caller brings one (a test keeps the records).
         self.access_log = AccessLog(config.access_log) if access_log is None else access_log
@@ -68,14 +74,23 @@ class DataPath:
         self.tls_factory = ClientTLSFactory(self._new_client_tls, self.factory.build_tls_protocol)
         self._server_tls: ServerTLS | None = self.holder.current.server_tls
 
-    def _new_client_tls(self) -> SSL.Connection:
+    def listen_tls(self, sock: socket.socket) -> TLSListener:
+        """The HTTPS listener on a bound, listening socket, with TLS on each accepted socket
+        (socktls.py): the same client protocol and certificates as `tls_factory`."""
+        listener = TLSListener(
+            self.reactor, sock, self._new_client_tls, self.factory.build_tls_protocol
+        )
+        listener.startListening()
+        return listener
+
+    def _new_client_tls(self, sock: socket.socket | None = None) -> SSL.Connection:
         """A connection on the running certificates, read per accept: a reload's apply to
         the next handshake. A reload that drops every certificate keeps the last ones for a
         listener that is still open (it goes away at the restart the reload asks for)."""
         server_tls = self.holder.current.server_tls or self._server_tls
         assert server_tls is not None  # the config refuses listen_tls without certificates
         self._server_tls = server_tls
-        return server_tls.new_connection()
+        return server_tls.new_connection(sock)
 
     def origin_state(self, domain: str, route: OriginRoute, up: bool, reason: str | None) -> None:
         """Health says an origin changed: the gauge, and a line in the access log."""

@@ -21,6 +21,7 @@ import attrs
 from twisted.internet.protocol import ClientFactory
 from twisted.internet.task import LoopingCall
 
+from edgenode.datapath.socktls import connect_tls, is_ip_literal
 from edgenode.datapath.tlstransport import OriginTLSFactory
 from edgenode.datapath.upstream import (
     BUSY,
@@ -55,8 +56,12 @@ class OriginPool:
         max_per_server: int,
         queue_timeout: float,
         connect_timeout: Callable[[OriginRoute], float] | None = None,
+        socket_tls: bool = False,
     ) -> None:
         self.reactor = reactor
+        # TLS origins at a literal address: pyOpenSSL on the socket (socktls.py), not
+        # memory BIOs over Twisted's TCP transport. Needs a reactor with real descriptors.
+        self.socket_tls = socket_tls
         self.clock = reactor
         self.max_per_server = max_per_server
         self.queue_timeout = queue_timeout
@@ -125,6 +130,16 @@ class OriginPool:
         if route.tls:
             assert route.creator is not None and tls is not None
             self.handshakes += 1
+            if self.socket_tls and is_ip_literal(route.address):
+                connect_tls(
+                    self.reactor,
+                    route.address,
+                    route.port,
+                    factory,
+                    connect_timeout,
+                    partial(route.creator.new_connection, tls),
+                )
+                return conn
             # Our own TLS transport: the request goes out in the read that completes the
             # handshake (or the call that writes it), not in the next reactor round.
             factory = OriginTLSFactory(partial(route.creator.new_connection, tls), factory)

@@ -17,9 +17,12 @@ What the wrapped protocol sees is what `TLSTransport`'s docstring lists:
 - Upload backpressure. A streaming producer registered here is paused once more than
   HIGH_WATER plaintext bytes are queued and resumed when the queue is empty; it gets
   stopProducing() when the connection is lost.
-- Reads. One `dataReceived` per readable event: the records read, joined. A read stops
-  after a record shorter than the maximum (the sender had no more); a full record means
-  more is probably there, so it reads on until OpenSSL wants more.
+- Reads. One `dataReceived` per readable event: the records read, joined, at most 64 KiB
+  (what one TCP read of Twisted's brings at most; upstream.py counts a read that is
+  still in the head against the head limit). A read stops after a record shorter than
+  the maximum (the sender had no more); a full record means more is probably there, so
+  it reads on until OpenSSL wants more or 64 KiB are read (level-triggered polling
+  brings the rest in the next turn).
 - Ends: connectionLost gets the `SSL.Error` that ended TLS (handshake failure, fatal
   alert); an EOF without close_notify, or a reset, is `ConnectionLost`; a TLS close
   (close_notify either way) or our loseConnection is `ConnectionDone`; abortConnection
@@ -60,6 +63,7 @@ from edgenode.datapath.tlstransport import _represents_eof
 
 _RECV_SIZE = 65536  # > one record's plaintext (16 KiB): each SSL_read takes a whole record
 _MAX_RECORD = 16384  # a record this full says the sender had more
+_MAX_READ = 65536  # plaintext per event at most, as Twisted's TCP reads 64 KiB at most
 
 
 def _address(sockaddr: Any, family: int) -> Any:
@@ -238,6 +242,7 @@ class SocketTLSTransport:
         pieces: list[bytes] = []
         closed = False
         failure: Failure | None = None
+        total = 0
         while True:
             try:
                 data = tls.recv(_RECV_SIZE)
@@ -254,7 +259,8 @@ class SocketTLSTransport:
                 failure = Failure()
                 break
             pieces.append(data)
-            if len(data) < _MAX_RECORD:
+            total += len(data)
+            if len(data) < _MAX_RECORD or total + _MAX_RECORD > _MAX_READ:
                 break
         if pieces:
             self.wrappedProtocol.dataReceived(pieces[0] if len(pieces) == 1 else b"".join(pieces))
@@ -636,6 +642,14 @@ def _connect_error(code: int) -> BaseException:
     if code == errno.ETIMEDOUT:
         return neterror.TCPTimedOutError(string=errno.errorcode.get(code, str(code)))
     return neterror.ConnectError(string=f"{errno.errorcode.get(code, code)}: {__import__('os').strerror(code)}")
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
 
 
 def connect_tls(
