@@ -120,6 +120,8 @@ class SocketTLSTransport:
         self._close_when_unregistered = False
         self._close_when_drained = False
         self._closing_tls = False  # close_notify did not go out whole yet
+        self._write_broken = False  # a write failed: nothing more goes out
+        self._no_more_writes = False  # the peer closed TLS: what is queued goes, no more
         self._reason: Failure | None = None
         self._family = sock.family
         self._peer = _address(sock.getpeername(), sock.family)
@@ -267,14 +269,19 @@ class SocketTLSTransport:
         if self._tls_over:  # the wrapped protocol closed or aborted while it read
             return
         if closed:
-            self._shutdown()  # answer close_notify, then close
+            self._peer_closed()
         elif failure is not None:
             self._fail(failure)
 
     # -- writing --------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self._tls_over or (self.disconnecting and self._producer is None):
+        if (
+            self._tls_over
+            or self._write_broken
+            or self._no_more_writes
+            or (self.disconnecting and self._producer is None)
+        ):
             return
         if not data:
             return
@@ -347,13 +354,27 @@ class SocketTLSTransport:
             self._shutdown()
 
     def _write_failed(self, failure: Failure) -> None:
-        """The socket refused a write (reset, broken pipe): what the peer sent before it
-        (an alert, say) is read first, as the TCP transport would have."""
-        self._read()
-        if not self._tls_over:
+        """The socket refused a write (reset, broken pipe). Nothing more is written; in a
+        later turn (never inside the wrapped protocol's write) what the peer sent before
+        it (an alert, say) is read, as the TCP transport would have, then it is closed."""
+        if self._write_broken:
+            return
+        self._write_broken = True
+        self._out.clear()
+        self._queued = 0
+        self._stop_writing()
+        self.reactor.callLater(0, self._after_write_failure, failure)
+
+    def _after_write_failure(self, failure: Failure) -> None:
+        if self._closed:
+            return
+        if not self._tls_over and self._handshake_done:
+            self._read()
+        if not self._closed:
             self._record(Failure(neterror.ConnectionLost(str(failure.value))))
             self._tls_over = True
-            self._close()
+            self._close_socket(orderly=False)
+            self._lose_later(Failure(neterror.ConnectionLost()))
 
     # -- IConsumer: the upload producer -----------------------------------------
 
@@ -395,8 +416,19 @@ class SocketTLSTransport:
             return
         self._close_after_queue()
 
+    def _peer_closed(self) -> None:
+        """The peer sent close_notify: what is queued still goes out, then ours, then close
+        (as before, where the ciphertext already in the TCP transport went first)."""
+        self.disconnecting = True
+        self._no_more_writes = True
+        self._close_after_queue()
+
     def _close_after_queue(self) -> None:
-        if self._out:
+        if self._out and not self._write_broken:
+            # As Twisted's loseConnection: no more reading, the queue, then the close.
+            if not self._write_wants_read:
+                self._stop_reading()
+                self._read_paused = True
             self._close_when_drained = True
         else:
             self._shutdown()
@@ -507,9 +539,10 @@ class SocketTLSTransport:
         self._stop_reading()
 
     def resumeProducing(self) -> None:
+        if self._tls_over or self._close_when_drained:
+            return  # closing: no more reading
         self._read_paused = False
-        if not self._tls_over:
-            self._start_reading()
+        self._start_reading()
 
     def stopProducing(self) -> None:
         self.loseConnection()

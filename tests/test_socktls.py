@@ -1,0 +1,438 @@
+"""Tests for edgenode.datapath.socktls: TLS on the socket itself (PROTOTYPE, issue 16).
+
+By hand, over a real loopback socket pair with small buffers: our SocketTLSTransport on
+one end, driven through a recording reactor (its doRead/doWrite called when the socket is
+ready and it is registered), an in-memory TLS peer on the other. What the wrapped protocol
+sees must be what TLSTransport's docstring promises. The pool-level tests run on this
+transport in test_tlstransport.py (`pool[socket]`).
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import pytest
+from OpenSSL import SSL
+from twisted.internet.error import (
+    ConnectionAborted,
+    ConnectionDone,
+    ConnectionLost,
+    ConnectionRefusedError,
+)
+from twisted.internet.error import TimeoutError as ConnectTimeoutError
+from twisted.internet.protocol import ClientFactory
+from twisted.python.failure import Failure
+
+from edgenode.datapath.socketwriter import HIGH_WATER
+from edgenode.datapath.socktls import SocketTLSTransport, TLSListener, connect_tls
+from edgenode.tls import OriginTLSCreator, TrustProfile
+from tests.support.origin import SNIServerTLS, pattern
+from tests.support.pki import PKI
+from tests.test_tlstransport import Recorder, Wrapped, _socket_pair
+
+MiB = 1024 * 1024
+
+
+class FakeReactor:
+    """IReactorFDSet and callLater, recorded; nothing runs until the test says so."""
+
+    def __init__(self) -> None:
+        self.readers: set[Any] = set()
+        self.writers: set[Any] = set()
+        self.later: list[tuple[float, Any, tuple[Any, ...]]] = []
+
+    def addReader(self, r: Any) -> None:
+        self.readers.add(r)
+
+    def removeReader(self, r: Any) -> None:
+        self.readers.discard(r)
+
+    def addWriter(self, w: Any) -> None:
+        self.writers.add(w)
+
+    def removeWriter(self, w: Any) -> None:
+        self.writers.discard(w)
+
+    def callLater(self, delay: float, f: Any, *args: Any) -> Any:
+        call = _Call(self, delay, f, args)
+        self.later.append((delay, call, args))
+        return call
+
+    def run_later(self, upto: float = 0.0) -> None:
+        due = [c for d, c, _ in self.later if d <= upto and c.live]
+        self.later = [x for x in self.later if x[1] not in due]
+        for call in due:
+            call.live = False
+            call.f(*call.args)
+
+    def seconds(self) -> float:
+        return time.monotonic()
+
+
+class _Call:
+    def __init__(self, reactor: FakeReactor, delay: float, f: Any, args: Any) -> None:
+        self.live = True
+        self.f, self.args = f, args
+
+    def active(self) -> bool:
+        return self.live
+
+    def cancel(self) -> None:
+        self.live = False
+
+
+@pytest.fixture(scope="module")
+def profile(pki: PKI) -> TrustProfile:
+    return TrustProfile(pki.ca_file, "1.2")
+
+
+class Peer:
+    """Our transport (client end of TLS) on one socket, an in-memory TLS server on the other."""
+
+    def __init__(self, pki: PKI, profile: TrustProfile, buffer: int = 32768) -> None:
+        self.client_sock, self.server_sock = _socket_pair(buffer)
+        self.reactor = FakeReactor()
+        self.wrapped = Wrapped()
+        creator = OriginTLSCreator(profile, "a.test", "a.test", True)
+        self.proto = SocketTLSTransport(
+            self.reactor, self.client_sock, partial(creator.new_connection, creator.facts()),
+            self.wrapped,
+        )
+        server = SNIServerTLS({"a.test": pki.leaf("a.test")}, None).serverConnectionForTLS(None)
+        server.set_accept_state()
+        self.server = server
+        self.received = bytearray()
+        self.server_closed = False
+
+    def server_read(self) -> None:
+        while True:
+            try:
+                chunk = self.server_sock.recv(1 << 20)
+            except (BlockingIOError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            self.server.bio_write(chunk)
+        try:
+            while True:
+                self.received += self.server.recv(1 << 20)
+        except SSL.WantReadError:
+            pass
+        except SSL.ZeroReturnError:
+            self.server_closed = True
+        self.server_flush()
+
+    def server_flush(self) -> None:
+        try:
+            out = self.server.bio_read(1 << 20)
+        except SSL.WantReadError:
+            return
+        self.server_sock.sendall(out)
+
+    def events(self, timeout: float = 0.05) -> None:
+        """One reactor turn for our end: doRead/doWrite where ready and registered."""
+        if self.proto._closed:
+            return
+        r, w, _ = select.select([self.client_sock], [self.client_sock], [], timeout)
+        if r and self.proto in self.reactor.readers:
+            self.proto.doRead()
+        if w and self.proto in self.reactor.writers:
+            self.proto.doWrite()
+
+    def until(self, predicate: Any, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, "not in time"
+            self.server_read()
+            self.events()
+            self.reactor.run_later()
+
+    def handshake(self) -> None:
+        self.proto.start()
+        self.until(lambda: "handshake" in self.wrapped.events)
+        assert self.wrapped.events == ["made", "handshake"]
+        self.until(lambda: self.server.get_peer_finished() is not None)
+
+    def close(self) -> None:
+        for s in (self.client_sock, self.server_sock):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def peer(pki: PKI, profile: TrustProfile) -> Iterator[Peer]:
+    made = Peer(pki, profile)
+    yield made
+    made.close()
+
+
+def test_writes_go_straight_to_the_socket(peer: Peer) -> None:
+    peer.handshake()
+    peer.proto.write(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+    assert peer.proto not in peer.reactor.writers  # nothing queued
+    peer.until(lambda: peer.received)
+    assert bytes(peer.received) == b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"
+
+
+def test_records_of_one_event_are_one_data_received_up_to_64_kib(peer: Peer) -> None:
+    peer.handshake()
+    calls: list[int] = []
+    peer.wrapped.dataReceived = lambda data: calls.append(len(data))  # type: ignore[method-assign]
+    for part in (b"a" * 16384, b"b" * 16384, b"c" * 16384, b"d" * 16384, b"e" * 16384, b"f" * 10):
+        peer.server.sendall(part)
+    peer.server_flush()
+    time.sleep(0.05)
+    peer.until(lambda: sum(calls) == 5 * 16384 + 10)
+    assert calls == [65536, 16394]
+
+
+def test_a_full_socket_queues_in_order_pauses_the_upload_and_resumes_on_drain(peer: Peer) -> None:
+    peer.handshake()
+    upload = Recorder()
+    peer.proto.registerProducer(upload, True)
+    big = pattern(2 * MiB)
+    peer.proto.write(big)
+    assert upload.events == ["pause"]
+    assert peer.proto in peer.reactor.writers
+    peer.proto.write(b"tail")  # queued behind, never overtaking
+    peer.until(lambda: len(peer.received) == len(big) + 4)
+    assert bytes(peer.received) == big + b"tail"
+    assert upload.events == ["pause", "resume"]
+    assert peer.proto not in peer.reactor.writers
+    peer.proto.write(b"direct again")
+    assert peer.proto not in peer.reactor.writers
+    peer.until(lambda: bytes(peer.received).endswith(b"tail" + b"direct again"))
+
+
+def test_producer_registered_above_high_water_starts_paused(peer: Peer) -> None:
+    peer.handshake()
+    peer.proto.write(pattern(2 * MiB))
+    assert peer.proto._queued > HIGH_WATER
+    upload = Recorder()
+    peer.proto.registerProducer(upload, True)
+    assert upload.events == ["pause"]
+    peer.proto.unregisterProducer()
+    peer.until(lambda: len(peer.received) == 2 * MiB)
+    assert upload.events == ["pause"]
+
+
+def test_lose_connection_sends_queue_then_close_notify_and_reports_later(peer: Peer) -> None:
+    peer.handshake()
+    big = pattern(MiB)
+    peer.proto.write(big)
+    peer.proto.loseConnection()
+    assert peer.proto not in peer.reactor.readers  # no more reading while it drains
+    peer.proto.write(b"dropped")  # after loseConnection, without a producer: dropped
+    peer.until(lambda: peer.server_closed)
+    assert bytes(peer.received) == big
+    peer.reactor.run_later()
+    assert peer.wrapped.events[-1] == ("lost", ConnectionDone)
+
+
+def test_connection_lost_is_never_reported_inside_the_call_that_closed(peer: Peer) -> None:
+    peer.handshake()
+    peer.proto.abortConnection()
+    assert peer.wrapped.events == ["made", "handshake"]
+    peer.reactor.run_later()
+    assert peer.wrapped.events[-1] == ("lost", ConnectionAborted)
+
+
+def test_lose_connection_waits_for_the_upload_producer(peer: Peer) -> None:
+    peer.handshake()
+    peer.proto.registerProducer(Recorder(), True)
+    peer.proto.loseConnection()
+    peer.proto.write(b"last body bytes")  # allowed while the producer is registered
+    assert not peer.proto._closed
+    peer.proto.unregisterProducer()
+    peer.until(lambda: peer.server_closed)
+    assert bytes(peer.received) == b"last body bytes"
+
+
+def test_peer_close_notify_is_answered_and_is_connection_done(peer: Peer) -> None:
+    peer.handshake()
+    peer.server.shutdown()
+    peer.server_flush()
+    peer.until(lambda: peer.proto._closed)
+    peer.server_read()
+    assert peer.server_closed  # our close_notify came back
+    peer.reactor.run_later()
+    assert peer.wrapped.events[-1] == ("lost", ConnectionDone)
+
+
+def test_eof_without_close_notify_is_connection_lost(peer: Peer) -> None:
+    peer.handshake()
+    peer.server.sendall(b"partial response")
+    peer.server_flush()
+    peer.server_sock.shutdown(socket.SHUT_WR)
+    peer.until(lambda: peer.proto._closed)
+    peer.reactor.run_later()
+    assert bytes(peer.wrapped.data) == b"partial response"
+    assert peer.wrapped.events[-1] == ("lost", ConnectionLost)
+
+
+def test_a_fatal_alert_is_the_ssl_error(pki: PKI, profile: TrustProfile) -> None:
+    """An origin whose certificate does not verify: our alert goes, the reason is SSL.Error."""
+    p = Peer(pki, profile)
+    try:
+        server = SNIServerTLS({"a.test": pki.untrusted_leaf("a.test")}, None)
+        p.server = server.serverConnectionForTLS(None)
+        p.server.set_accept_state()
+        p.proto.start()
+        p.until(lambda: p.proto._closed)
+        p.reactor.run_later()
+        assert p.wrapped.events[0] == "made" and p.wrapped.events[-1][0] == "lost"
+        assert issubclass(p.wrapped.events[-1][1], SSL.Error)
+    finally:
+        p.close()
+
+
+def test_lost_connection_stops_the_upload_producer(peer: Peer) -> None:
+    peer.handshake()
+    upload = Recorder()
+    peer.proto.registerProducer(upload, True)
+    peer.proto.abortConnection()
+    peer.reactor.run_later()
+    assert upload.events == ["stop"]
+    assert peer.wrapped.events[-1][0] == "lost"
+
+
+def test_reading_backpressure_unregisters_the_reader(peer: Peer) -> None:
+    peer.handshake()
+    peer.proto.pauseProducing()
+    assert peer.proto not in peer.reactor.readers
+    peer.server.sendall(b"waits")
+    peer.server_flush()
+    time.sleep(0.05)
+    peer.events()
+    assert bytes(peer.wrapped.data) == b""
+    peer.proto.resumeProducing()
+    peer.until(lambda: bytes(peer.wrapped.data) == b"waits")
+
+
+def test_the_handle_is_the_tls_connection_and_nodelay_is_set(peer: Peer) -> None:
+    peer.handshake()
+    assert isinstance(peer.proto.getHandle(), SSL.Connection)
+    assert not isinstance(peer.proto.getHandle(), socket.socket)
+    assert peer.client_sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+# --- the server end: the listener ---------------------------------------------------------
+
+
+def _listener(pki: PKI) -> tuple[FakeReactor, TLSListener, list[Wrapped]]:
+    reactor = FakeReactor()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    pki.leaf("a.test").configure_cert(ctx)
+    made: list[Wrapped] = []
+
+    def build(addr: Any) -> Wrapped:
+        made.append(Wrapped())
+        return made[-1]
+
+    listener = TLSListener(
+        reactor, sock, lambda s: SSL.Connection(ctx, s), build
+    )
+    listener.startListening()
+    return reactor, listener, made
+
+
+def _turns(reactor: FakeReactor, seconds: float = 0.3) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ds = [d for d in list(reactor.readers) + list(reactor.writers) if d.fileno() >= 0]
+        r, w, _ = select.select(
+            [d for d in ds if d in reactor.readers], [d for d in ds if d in reactor.writers], [], 0.02
+        )
+        for d in r:
+            d.doRead()
+        for d in w:
+            if d in reactor.writers:
+                d.doWrite()
+        reactor.run_later()
+
+
+def test_a_port_check_is_not_a_handshake_but_a_client_hello_is(pki: PKI) -> None:
+    reactor, listener, made = _listener(pki)
+    try:
+        port = listener.getHost().port
+        socket.create_connection(("127.0.0.1", port)).close()  # a port check: no byte
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"\x16\x03\x01\x00\x05hello")  # a (broken) ClientHello: a byte came
+            _turns(reactor)
+        _turns(reactor)
+        assert len(made) == 2
+        transports = [w.transport for w in made]
+        assert [t.handshake_started for t in transports] == [False, True]
+        assert all(w.events[-1][0] == "lost" for w in made)
+    finally:
+        listener.stopListening()
+
+
+def test_a_real_client_is_served(pki: PKI) -> None:
+    import ssl
+    import threading
+
+    reactor, listener, made = _listener(pki)
+    try:
+        port = listener.getHost().port
+        got: list[bytes] = []
+
+        def client() -> None:
+            ctx = ssl.create_default_context(cafile=str(pki.ca_file))
+            with socket.create_connection(("127.0.0.1", port)) as raw:
+                with ctx.wrap_socket(raw, server_hostname="a.test") as s:
+                    s.sendall(b"ping")
+                    got.append(s.recv(100))
+
+        t = threading.Thread(target=client)
+        t.start()
+        deadline = time.monotonic() + 5
+        while not (made and made[0].data == b"ping"):
+            assert time.monotonic() < deadline
+            _turns(reactor, 0.05)
+        made[0].transport.write(b"pong")
+        while t.is_alive():
+            assert time.monotonic() < deadline
+            _turns(reactor, 0.05)
+        assert got == [b"pong"]
+        assert made[0].events[:2] == ["made", "handshake"]
+    finally:
+        listener.stopListening()
+
+
+# --- connecting ----------------------------------------------------------------------------
+
+
+class _Failed(ClientFactory):
+    def __init__(self) -> None:
+        self.failures: list[Failure] = []
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.failures.append(reason)
+
+
+def test_connect_refused_and_timeout_reach_the_factory() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    reactor = FakeReactor()
+    factory = _Failed()
+    connect_tls(reactor, "127.0.0.1", free, factory, 5.0, lambda s: None)  # type: ignore[arg-type]
+    _turns(reactor)
+    assert factory.failures and factory.failures[0].check(ConnectionRefusedError)
+
+    reactor = FakeReactor()
+    factory = _Failed()
+    connect_tls(reactor, "10.255.255.1", 9, factory, 0.01, lambda s: None)  # type: ignore[arg-type]
+    reactor.run_later(upto=1.0)
+    assert factory.failures and factory.failures[0].check(ConnectTimeoutError)
