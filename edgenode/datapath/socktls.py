@@ -37,6 +37,7 @@ What the wrapped protocol sees is what `TLSTransport`'s docstring lists:
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 from collections.abc import Callable
@@ -624,8 +625,15 @@ class _Connector:
         return None
 
     def connectionLost(self, reason: Failure) -> None:
-        if not self._done:
-            self._failed(reason.value)
+        """The reactor saw the socket hang up (epoll: ERR|HUP without IN for a refused
+        connect, as only the writer is registered): the socket's error says why."""
+        if self._done:
+            return
+        try:
+            code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError:
+            code = 0
+        self._failed(_connect_error(code) if code else neterror.ConnectError(string=str(reason.value)))
 
     def _unregister(self) -> None:
         if self._writing:
@@ -670,11 +678,8 @@ class _Connector:
 
 
 def _connect_error(code: int) -> BaseException:
-    if code == errno.ECONNREFUSED:
-        return neterror.ConnectionRefusedError(string=errno.errorcode.get(code, str(code)))
-    if code == errno.ETIMEDOUT:
-        return neterror.TCPTimedOutError(string=errno.errorcode.get(code, str(code)))
-    return neterror.ConnectError(string=f"{errno.errorcode.get(code, code)}: {__import__('os').strerror(code)}")
+    """As Twisted's TCP client says it (`error.getConnectError`)."""
+    return neterror.getConnectError((code, os.strerror(code)))
 
 
 def is_ip_literal(host: str) -> bool:
