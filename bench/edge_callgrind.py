@@ -19,7 +19,6 @@ import argparse
 import http.client
 import os
 import re
-import socket
 import ssl
 import subprocess
 import sys
@@ -31,9 +30,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 import run as benchrun  # noqa: E402  (bench/run.py: its nginx templates and helpers)
-from pki import BenchCA  # noqa: E402
-
 import yaml  # noqa: E402
+from pki import BenchCA  # noqa: E402
 
 
 def main() -> int:
@@ -47,7 +45,10 @@ def main() -> int:
         "--cpu", action="store_true", help="no valgrind: the edge's CPU time per request (user+sys)"
     )
     ap.add_argument(
-        "--strace", type=Path, default=None, help="count system calls (strace -c) into this file instead"
+        "--strace",
+        type=Path,
+        default=None,
+        help="count system calls (strace -c) into this file instead",
     )
     args = ap.parse_args()
 
@@ -86,7 +87,10 @@ def main() -> int:
         config = {
             "listen": f"tcp:{port}:interface=127.0.0.1",
             "listen_tls": f"tcp:{tls_port}:interface=127.0.0.1",
-            "admin": {"listen": f"tcp:{admin_port}:interface=127.0.0.1", "token_file": "admin.token"},
+            "admin": {
+                "listen": f"tcp:{admin_port}:interface=127.0.0.1",
+                "token_file": "admin.token",
+            },
             "access_log": str(tmp / "access.log"),
             "tls": {
                 "ca_file": str(ca_file),
@@ -106,7 +110,12 @@ def main() -> int:
             if args.strace
             else ["taskset", "-c", "0"]
             if args.cpu
-            else ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+            else [
+                "valgrind",
+                "--tool=callgrind",
+                "--instr-atstart=no",
+                f"--callgrind-out-file={out}",
+            ]
         )
         cmd = [
             *tool,
@@ -121,8 +130,10 @@ def main() -> int:
             "--config",
             str(tmp / "edge.yaml"),
         ]
-        edge_out = open(tmp / "edge.out", "wb")
-        edge = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=edge_out, stderr=subprocess.STDOUT)
+        with open(tmp / "edge.out", "wb") as edge_out:  # the child keeps its own copy
+            edge = subprocess.Popen(
+                cmd, cwd=tmp, env=env, stdout=edge_out, stderr=subprocess.STDOUT
+            )
         procs.append(edge)
         benchrun.wait_until(
             lambda: benchrun.port_open(tls_port) and benchrun.port_open(port),
@@ -131,7 +142,9 @@ def main() -> int:
             "edge",
         )
         provenance = [
-            ln for ln in (tmp / "edge.out").read_text().splitlines() if benchrun.PROVENANCE_TAG in ln
+            ln
+            for ln in (tmp / "edge.out").read_text().splitlines()
+            if benchrun.PROVENANCE_TAG in ln
         ]
 
         if args.scheme == "https":
@@ -152,6 +165,7 @@ def main() -> int:
 
         get(args.warmup)
         if args.cpu:
+
             def ticks() -> int:
                 fields = Path(f"/proc/{edge.pid}/stat").read_text().rsplit(")", 1)[1].split()
                 return sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
@@ -161,7 +175,9 @@ def main() -> int:
             us = (ticks() - c0) * 1e6 / os.sysconf("SC_CLK_TCK") / args.requests
             socket_tls = os.environ.get("EDGENODE_SOCKET_TLS", "1")
             label = str(args.source) if args.source else "this checkout"
-            print(f"{label} {args.scheme} EDGENODE_SOCKET_TLS={socket_tls}: {us:.1f} µs CPU per request")
+            print(
+                f"{label} {args.scheme} EDGENODE_SOCKET_TLS={socket_tls}: {us:.1f} µs CPU/request"
+            )
             return 0
         if args.strace:
             get(args.requests)
@@ -173,13 +189,15 @@ def main() -> int:
             edge.wait(60)
             print(f"strace -c of {args.warmup} + {args.requests} requests: {args.strace}")
             return 0
-        subprocess.run(["callgrind_control", "-i", "on", str(edge.pid)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["callgrind_control", "-i", "on", str(edge.pid)], check=True, capture_output=True
+        )
         t0 = time.monotonic()
         get(args.requests)
         wall = time.monotonic() - t0
-        subprocess.run(["callgrind_control", "-i", "off", str(edge.pid)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["callgrind_control", "-i", "off", str(edge.pid)], check=True, capture_output=True
+        )
         subprocess.run(["callgrind_control", "-d", str(edge.pid)], check=True, capture_output=True)
         conn.close()
         dumps = sorted(tmp.glob("cg.out*"), key=lambda p: p.stat().st_mtime)

@@ -10,8 +10,9 @@ per HTTPS request, plus the reactor turns between them.
 Under callgrind the difference of two runs removes the set-up (user-space instructions
 only: the kernel's share of the system calls is not counted):
 
-    valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.sock.200 python3 bench/socktls_loop.py sock 200
-    valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.sock.1200 python3 bench/socktls_loop.py sock 1200
+    PY=$(python3 -c 'import sys; print(sys.executable)')   # not a pyenv shim: valgrind it
+    valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.200 $PY bench/socktls_loop.py sock 200
+    valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.1200 $PY bench/socktls_loop.py sock 1200
 """
 
 from __future__ import annotations
@@ -130,5 +131,7 @@ assert client.done == warmup + n, client.done
 if client.t0 is not None:
     user = (t1[0] - client.t0[0]) / n * 1e6
     system = (t1[1] - client.t0[1]) / n * 1e6
-    print(f"{mode} size={SIZE} n={n}: {user + system:.2f} µs CPU per round trip "
-          f"(user {user:.2f}, sys {system:.2f})")
+    print(
+        f"{mode} size={SIZE} n={n}: {user + system:.2f} µs CPU per round trip "
+        f"(user {user:.2f}, sys {system:.2f})"
+    )

@@ -9,6 +9,7 @@ transport in test_tlstransport.py (`pool[socket]`).
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import time
@@ -100,7 +101,9 @@ class Peer:
         self.wrapped = Wrapped()
         creator = OriginTLSCreator(profile, "a.test", "a.test", True)
         self.proto = SocketTLSTransport(
-            self.reactor, self.client_sock, partial(creator.new_connection, creator.facts()),
+            self.reactor,
+            self.client_sock,
+            partial(creator.new_connection, creator.facts()),
             self.wrapped,
         )
         server = SNIServerTLS({"a.test": pki.leaf("a.test")}, None).serverConnectionForTLS(None)
@@ -160,10 +163,8 @@ class Peer:
 
     def close(self) -> None:
         for s in (self.client_sock, self.server_sock):
-            try:
+            with contextlib.suppress(OSError):
                 s.close()
-            except OSError:
-                pass
 
 
 @pytest.fixture
@@ -339,9 +340,7 @@ def _listener(pki: PKI) -> tuple[FakeReactor, TLSListener, list[Wrapped]]:
         made.append(Wrapped())
         return made[-1]
 
-    listener = TLSListener(
-        reactor, sock, lambda s: SSL.Connection(ctx, s), build
-    )
+    listener = TLSListener(reactor, sock, lambda s: SSL.Connection(ctx, s), build)
     listener.startListening()
     return reactor, listener, made
 
@@ -351,7 +350,10 @@ def _turns(reactor: FakeReactor, seconds: float = 0.3) -> None:
     while time.monotonic() < deadline:
         ds = [d for d in list(reactor.readers) + list(reactor.writers) if d.fileno() >= 0]
         r, w, _ = select.select(
-            [d for d in ds if d in reactor.readers], [d for d in ds if d in reactor.writers], [], 0.02
+            [d for d in ds if d in reactor.readers],
+            [d for d in ds if d in reactor.writers],
+            [],
+            0.02,
         )
         for d in r:
             d.doRead()
@@ -389,10 +391,12 @@ def test_a_real_client_is_served(pki: PKI) -> None:
 
         def client() -> None:
             ctx = ssl.create_default_context(cafile=str(pki.ca_file))
-            with socket.create_connection(("127.0.0.1", port)) as raw:
-                with ctx.wrap_socket(raw, server_hostname="a.test") as s:
-                    s.sendall(b"ping")
-                    got.append(s.recv(100))
+            with (
+                socket.create_connection(("127.0.0.1", port)) as raw,
+                ctx.wrap_socket(raw, server_hostname="a.test") as s,
+            ):
+                s.sendall(b"ping")
+                got.append(s.recv(100))
 
         t = threading.Thread(target=client)
         t.start()

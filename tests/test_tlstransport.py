@@ -174,9 +174,7 @@ class Uploader:
 @pytest.fixture(params=[False, True], ids=["bio", "socket"])
 def pool(reactor_thread: Any, request: Any) -> Iterator[OriginPool]:
     """The pool on each TLS transport: memory BIOs (tlstransport.py), on the socket (socktls.py)."""
-    made = OriginPool(
-        reactor_thread, max_per_server=8, queue_timeout=5.0, socket_tls=request.param
-    )
+    made = OriginPool(reactor_thread, max_per_server=8, queue_timeout=5.0, socket_tls=request.param)
     yield made
     in_reactor(made.stop)
 

@@ -476,7 +476,9 @@ class WorkerService(service.Service):
         if self.state.tls_family is not None:
             if self.data.socket_tls:
                 os.set_blocking(LISTEN_TLS_FD, False)
-                sock = socket.socket(self.state.tls_family, socket.SOCK_STREAM, fileno=LISTEN_TLS_FD)
+                sock = socket.socket(
+                    self.state.tls_family, socket.SOCK_STREAM, fileno=LISTEN_TLS_FD
+                )
                 self.ports.append(self.data.listen_tls(sock))  # type: ignore[arg-type]
             else:
                 tls_port = adopt_listener(

@@ -31,7 +31,20 @@ What the wrapped protocol sees is what `TLSTransport`'s docstring lists:
 - loseConnection sends close_notify once the queue is empty (after the producer is
   unregistered), then closes TCP; before the handshake finished it aborts.
 - `getHandle()` is the SSL.Connection; `handshake_started` says whether the peer sent a
-  byte (server side: a port check sends none).
+  byte (server side: a port check sends none; one MSG_PEEK recv per connection).
+
+Where it is used (EDGENODE_SOCKET_TLS, default on; `=0` is the memory-BIO path): the pool's
+TLS origins at a literal address (`connect_tls`), and the HTTPS listener (`TLSListener`,
+single process and workers). Not covered yet, so still on tlstransport.py: origins by DNS
+name (connect_tls takes literals only; the pool falls back), health checks (health.py),
+the probe. Known differences from the memory-BIO path:
+- OpenSSL reads a record in two read() calls (header, then body): pyOpenSSL has no public
+  SSL_CTX_set_read_ahead. One more system call per TLS read; fewer Python calls still win.
+- The handshake's last flight and a request written in handshakeCompleted leave in two
+  sends, not one (once per connection).
+- Our events run under the log system "SocketTLS", not Twisted's "Protocol,N,peer".
+- An exception in the wrapped protocol's dataReceived closes with a reset (the reactor calls
+  connectionLost); Twisted's TCP closes in order there.
 """
 
 from __future__ import annotations
@@ -633,7 +646,9 @@ class _Connector:
             code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         except OSError:
             code = 0
-        self._failed(_connect_error(code) if code else neterror.ConnectError(string=str(reason.value)))
+        self._failed(
+            _connect_error(code) if code else neterror.ConnectError(string=str(reason.value))
+        )
 
     def _unregister(self) -> None:
         if self._writing:
@@ -758,8 +773,13 @@ class TLSListener:
             except (BlockingIOError, InterruptedError):
                 return None
             except OSError as e:
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
-                               errno.ECONNABORTED):
+                if e.errno in (
+                    errno.EMFILE,
+                    errno.ENFILE,
+                    errno.ENOBUFS,
+                    errno.ENOMEM,
+                    errno.ECONNABORTED,
+                ):
                     return None
                 raise
             wrapped = self._build_wrapped(_address(addr, conn.family))
