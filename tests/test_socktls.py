@@ -1,8 +1,8 @@
 """Tests for edgenode.datapath.socktls: TLS on the socket itself (PROTOTYPE, issue 16).
 
 By hand, over a real loopback socket pair with small buffers: our SocketTLSTransport on
-one end, driven through a recording reactor (its doRead/doWrite called when the socket is
-ready and it is registered), an in-memory TLS peer on the other. What the wrapped protocol
+one end, driven through a MemoryReactorClock (its doRead/doWrite called here when the socket
+is ready and it is registered), an in-memory TLS peer on the other. What the wrapped protocol
 sees must be what TLSTransport's docstring promises. The pool-level tests run on this
 transport in test_tlstransport.py (`pool[socket]`).
 """
@@ -13,78 +13,43 @@ import contextlib
 import select
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
 
 import pytest
 from OpenSSL import SSL
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import (
     ConnectionAborted,
     ConnectionDone,
     ConnectionLost,
     ConnectionRefusedError,
+    DNSLookupError,
 )
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
+from twisted.internet.interfaces import (
+    IAddress,
+    IHostnameResolver,
+    IHostResolution,
+    IResolutionReceiver,
+)
 from twisted.internet.protocol import ClientFactory
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from edgenode.datapath.socketwriter import HIGH_WATER
 from edgenode.datapath.socktls import SocketTLSTransport, TLSListener, connect_tls
+from edgenode.datapath.upstream import connect_failure
+from edgenode.errors import ErrorCode
 from edgenode.tls import OriginTLSCreator, TrustProfile
 from tests.support.origin import SNIServerTLS, pattern
 from tests.support.pki import PKI
 from tests.test_tlstransport import Recorder, Wrapped, _socket_pair
 
 MiB = 1024 * 1024
-
-
-class FakeReactor:
-    """IReactorFDSet and callLater, recorded; nothing runs until the test says so."""
-
-    def __init__(self) -> None:
-        self.readers: set[Any] = set()
-        self.writers: set[Any] = set()
-        self.later: list[tuple[float, Any, tuple[Any, ...]]] = []
-
-    def addReader(self, r: Any) -> None:
-        self.readers.add(r)
-
-    def removeReader(self, r: Any) -> None:
-        self.readers.discard(r)
-
-    def addWriter(self, w: Any) -> None:
-        self.writers.add(w)
-
-    def removeWriter(self, w: Any) -> None:
-        self.writers.discard(w)
-
-    def callLater(self, delay: float, f: Any, *args: Any) -> Any:
-        call = _Call(self, delay, f, args)
-        self.later.append((delay, call, args))
-        return call
-
-    def run_later(self, upto: float = 0.0) -> None:
-        due = [c for d, c, _ in self.later if d <= upto and c.live]
-        self.later = [x for x in self.later if x[1] not in due]
-        for call in due:
-            call.live = False
-            call.f(*call.args)
-
-    def seconds(self) -> float:
-        return time.monotonic()
-
-
-class _Call:
-    def __init__(self, reactor: FakeReactor, delay: float, f: Any, args: Any) -> None:
-        self.live = True
-        self.f, self.args = f, args
-
-    def active(self) -> bool:
-        return self.live
-
-    def cancel(self) -> None:
-        self.live = False
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +62,7 @@ class Peer:
 
     def __init__(self, pki: PKI, profile: TrustProfile, buffer: int = 32768) -> None:
         self.client_sock, self.server_sock = _socket_pair(buffer)
-        self.reactor = FakeReactor()
+        self.reactor = MemoryReactorClock()
         self.wrapped = Wrapped()
         creator = OriginTLSCreator(profile, "a.test", "a.test", True)
         self.proto = SocketTLSTransport(
@@ -153,7 +118,7 @@ class Peer:
             assert time.monotonic() < deadline, "not in time"
             self.server_read()
             self.events()
-            self.reactor.run_later()
+            self.reactor.advance(0)
 
     def handshake(self) -> None:
         self.proto.start()
@@ -233,7 +198,7 @@ def test_lose_connection_sends_queue_then_close_notify_and_reports_later(peer: P
     peer.proto.write(b"dropped")  # after loseConnection, without a producer: dropped
     peer.until(lambda: peer.server_closed)
     assert bytes(peer.received) == big
-    peer.reactor.run_later()
+    peer.reactor.advance(0)
     assert peer.wrapped.events[-1] == ("lost", ConnectionDone)
 
 
@@ -241,7 +206,7 @@ def test_connection_lost_is_never_reported_inside_the_call_that_closed(peer: Pee
     peer.handshake()
     peer.proto.abortConnection()
     assert peer.wrapped.events == ["made", "handshake"]
-    peer.reactor.run_later()
+    peer.reactor.advance(0)
     assert peer.wrapped.events[-1] == ("lost", ConnectionAborted)
 
 
@@ -263,7 +228,7 @@ def test_peer_close_notify_is_answered_and_is_connection_done(peer: Peer) -> Non
     peer.until(lambda: peer.proto._closed)
     peer.server_read()
     assert peer.server_closed  # our close_notify came back
-    peer.reactor.run_later()
+    peer.reactor.advance(0)
     assert peer.wrapped.events[-1] == ("lost", ConnectionDone)
 
 
@@ -273,7 +238,7 @@ def test_eof_without_close_notify_is_connection_lost(peer: Peer) -> None:
     peer.server_flush()
     peer.server_sock.shutdown(socket.SHUT_WR)
     peer.until(lambda: peer.proto._closed)
-    peer.reactor.run_later()
+    peer.reactor.advance(0)
     assert bytes(peer.wrapped.data) == b"partial response"
     assert peer.wrapped.events[-1] == ("lost", ConnectionLost)
 
@@ -287,7 +252,7 @@ def test_a_fatal_alert_is_the_ssl_error(pki: PKI, profile: TrustProfile) -> None
         p.server.set_accept_state()
         p.proto.start()
         p.until(lambda: p.proto._closed)
-        p.reactor.run_later()
+        p.reactor.advance(0)
         assert p.wrapped.events[0] == "made" and p.wrapped.events[-1][0] == "lost"
         assert issubclass(p.wrapped.events[-1][1], SSL.Error)
     finally:
@@ -299,7 +264,7 @@ def test_lost_connection_stops_the_upload_producer(peer: Peer) -> None:
     upload = Recorder()
     peer.proto.registerProducer(upload, True)
     peer.proto.abortConnection()
-    peer.reactor.run_later()
+    peer.reactor.advance(0)
     assert upload.events == ["stop"]
     assert peer.wrapped.events[-1][0] == "lost"
 
@@ -327,8 +292,8 @@ def test_the_handle_is_the_tls_connection_and_nodelay_is_set(peer: Peer) -> None
 # --- the server end: the listener ---------------------------------------------------------
 
 
-def _listener(pki: PKI) -> tuple[FakeReactor, TLSListener, list[Wrapped]]:
-    reactor = FakeReactor()
+def _listener(pki: PKI) -> tuple[MemoryReactorClock, TLSListener, list[Wrapped]]:
+    reactor = MemoryReactorClock()
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(8)
@@ -345,7 +310,7 @@ def _listener(pki: PKI) -> tuple[FakeReactor, TLSListener, list[Wrapped]]:
     return reactor, listener, made
 
 
-def _turns(reactor: FakeReactor, seconds: float = 0.3) -> None:
+def _turns(reactor: MemoryReactorClock, seconds: float = 0.3) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         ds = [d for d in list(reactor.readers) + list(reactor.writers) if d.fileno() >= 0]
@@ -360,7 +325,7 @@ def _turns(reactor: FakeReactor, seconds: float = 0.3) -> None:
         for d in w:
             if d in reactor.writers:
                 d.doWrite()
-        reactor.run_later()
+        reactor.advance(0)
 
 
 def test_a_port_check_is_not_a_handshake_but_a_client_hello_is(pki: PKI) -> None:
@@ -429,14 +394,133 @@ def test_connect_refused_and_timeout_reach_the_factory() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
-    reactor = FakeReactor()
+    reactor = MemoryReactorClock()
     factory = _Failed()
     connect_tls(reactor, "127.0.0.1", free, factory, 5.0, lambda s: None)  # type: ignore[arg-type]
     _turns(reactor)
     assert factory.failures and factory.failures[0].check(ConnectionRefusedError)
 
-    reactor = FakeReactor()
+    reactor = MemoryReactorClock()
     factory = _Failed()
     connect_tls(reactor, "10.255.255.1", 9, factory, 0.01, lambda s: None)  # type: ignore[arg-type]
-    reactor.run_later(upto=1.0)
+    reactor.advance(1.0)
     assert factory.failures and factory.failures[0].check(ConnectTimeoutError)
+
+
+@implementer(IHostResolution)
+class Resolution:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def cancel(self) -> None:
+        raise NotImplementedError
+
+
+@implementer(IHostnameResolver)
+class HostsResolver:
+    """Resolves from a table, at once (as a hosts file would); an unknown name has no
+    addresses, and a name mapped to None never completes."""
+
+    def __init__(self, table: dict[str, list[str] | None]) -> None:
+        self.table = table
+        self.pending: list[IResolutionReceiver] = []
+
+    def resolveHostName(
+        self,
+        resolutionReceiver: IResolutionReceiver,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Sequence[type[IAddress]] | None = None,
+        transportSemantics: str = "TCP",
+    ) -> IHostResolution:
+        resolution = Resolution(hostName)
+        resolutionReceiver.resolutionBegan(resolution)
+        found = self.table.get(hostName, [])
+        if found is None:
+            self.pending.append(resolutionReceiver)
+            return resolution
+        for host in found:
+            cls = IPv6Address if ":" in host else IPv4Address
+            resolutionReceiver.addressResolved(cls("TCP", host, portNumber))
+        resolutionReceiver.resolutionComplete()
+        return resolution
+
+
+class _Built(_Failed):
+    def __init__(self) -> None:
+        super().__init__()
+        self.built: list[Any] = []
+
+    def buildProtocol(self, addr: Any) -> Wrapped:
+        self.built.append(addr)
+        return Wrapped()
+
+
+def _resolving_reactor(table: dict[str, list[str] | None]) -> MemoryReactorClock:
+    reactor = MemoryReactorClock()
+    resolver = HostsResolver(table)
+    assert verifyObject(IHostnameResolver, resolver)
+    reactor.installNameResolver(resolver)
+    return reactor
+
+
+def _client_tls(sock: socket.socket) -> SSL.Connection:
+    return SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), sock)
+
+
+def test_a_name_is_resolved_on_the_reactor_and_its_addresses_tried_in_order() -> None:
+    """The first address fails (nothing listens on ::1), the next takes the connection."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        reactor = _resolving_reactor({"origin.test": ["::1", "127.0.0.1"]})
+        factory = _Built()
+        connect_tls(reactor, "origin.test", port, factory, 5.0, _client_tls)
+        _turns(reactor)
+        assert factory.failures == []
+        assert [(a.type, a.host, a.port) for a in factory.built] == [("TCP", "127.0.0.1", port)]
+
+
+def test_when_every_address_fails_the_last_ones_error_is_reported() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    reactor = _resolving_reactor({"origin.test": ["::1", "127.0.0.1"]})
+    factory = _Built()
+    connect_tls(reactor, "origin.test", closed, factory, 5.0, _client_tls)
+    _turns(reactor)
+    assert factory.built == []
+    (failure,) = factory.failures
+    assert failure.check(ConnectionRefusedError)
+
+
+def test_a_name_without_addresses_fails_as_twisted_tcp_says_it_in_a_later_turn() -> None:
+    reactor = _resolving_reactor({})
+    factory = _Built()
+    connect_tls(reactor, "nowhere.test", 443, factory, 5.0, _client_tls)
+    assert factory.failures == []  # never inside the call that started the connect
+    reactor.advance(0)
+    (failure,) = factory.failures
+    assert failure.check(DNSLookupError)
+    assert str(failure.value) == "DNS lookup failed: nowhere.test."
+    err = connect_failure(failure.value, 5.0)
+    assert (err.code, err.detail) == (
+        ErrorCode.ORIGIN_CONNECT_FAILED,
+        "TCP connect failed: DNS lookup failed (DNS lookup failed: nowhere.test.)",
+    )
+
+
+def test_the_connect_timeout_covers_the_name_resolution() -> None:
+    reactor = _resolving_reactor({"slow.test": None})
+    factory = _Built()
+    connect_tls(reactor, "slow.test", 443, factory, 3.0, _client_tls)
+    reactor.advance(2.9)
+    assert factory.failures == []
+    reactor.advance(0.2)
+    (failure,) = factory.failures
+    assert failure.check(ConnectTimeoutError)
+    (late,) = reactor.nameResolver.pending
+    late.addressResolved(IPv4Address("TCP", "127.0.0.1", 443))
+    late.resolutionComplete()  # too late: ignored
+    assert factory.built == [] and len(factory.failures) == 1

@@ -49,9 +49,11 @@ def profile(pki: PKI) -> TrustProfile:
     return TrustProfile(pki.ca_file, "1.2")
 
 
-def tls_route(profile: TrustProfile, port: int, sni: str | None, verify_name: str) -> OriginRoute:
+def tls_route(
+    profile: TrustProfile, port: int, sni: str | None, verify_name: str, address: str = "127.0.0.1"
+) -> OriginRoute:
     return OriginRoute(
-        address="127.0.0.1",
+        address=address,
         port=port,
         tls=True,
         sni=sni,
@@ -214,6 +216,26 @@ def test_each_sni_gets_its_own_certificate_and_vhost(
         assert (conn.tls.version, record["tls_version"]) == ("TLSv1.3", "TLSv1.3")
         assert conn.tls.cipher
     assert pool.idle_count() == 2  # both kept, one per route
+
+
+def test_an_origin_by_name_is_resolved_and_reached(
+    origin: TLSOrigin, profile: TrustProfile, pool: OriginPool
+) -> None:
+    """An origin address that is a DNS name (localhost) is resolved on the reactor."""
+    ex = run(pool, tls_route(profile, origin.port, "a.test", "a.test", "localhost"), get("/"))
+    assert ex.error is None and ex.status == 200
+    assert ex.conn is not None and ex.conn.transport.getPeer().host == "127.0.0.1"
+
+
+def test_an_origin_name_that_does_not_resolve_is_connect_failed(
+    profile: TrustProfile, pool: OriginPool
+) -> None:
+    ex = run(pool, tls_route(profile, 443, "a.test", "a.test", "nowhere.invalid"), get("/"))
+    assert ex.error is not None and ex.error.code is ErrorCode.ORIGIN_CONNECT_FAILED
+    assert ex.error.detail == (
+        "TCP connect failed: DNS lookup failed (DNS lookup failed: nowhere.invalid.)"
+    )
+    assert not ex.error.request_sent
 
 
 def test_a_pooled_connection_carries_the_next_request(

@@ -42,8 +42,7 @@ from twisted.logger import Logger
 
 from edgenode.config import HealthCheck, Passive
 from edgenode.datapath.headers import Headers
-from edgenode.datapath.tlstransport import OriginTLSFactory
-from edgenode.datapath.upstream import OneConnectionFactory, UpstreamConnection
+from edgenode.datapath.upstream import UpstreamConnection, connect_origin
 from edgenode.errors import ErrorCode, OriginError
 from edgenode.reactors import IOriginReactor
 from edgenode.routes import OriginRoute
@@ -319,13 +318,9 @@ class _Check:
         tls = route.creator.facts() if route.creator is not None else None
         conn = UpstreamConnection(self, route, self.clock.seconds(), timeout, tls)
         self._conn = conn
-        factory: Any = OneConnectionFactory(conn, conn.fail_setup, timeout)
-        if route.tls:
-            assert route.creator is not None and tls is not None
-            factory = OriginTLSFactory(partial(route.creator.new_connection, tls), factory)
         conn.wait_for_ready(self)
         self._timer = self.clock.callLater(timeout, self._timed_out)
-        self.reactor.connectTCP(route.address, route.port, factory, timeout=timeout)
+        connect_origin(self.reactor, conn, timeout)
 
     def cancel(self) -> None:
         self._done = None

@@ -21,15 +21,16 @@ import attrs
 from twisted.internet.protocol import ClientFactory
 from twisted.internet.task import LoopingCall
 
-from edgenode.datapath.socktls import connect_tls, is_ip_literal
+from edgenode.datapath import socktls
 from edgenode.datapath.tlstransport import OriginTLSFactory
 from edgenode.datapath.upstream import (
     BUSY,
     CLOSED,
     IDLE,
     ConnectionWaiter,
-    OneConnectionFactory,
+    ConnectTLS,
     UpstreamConnection,
+    connect_origin,
 )
 from edgenode.errors import ErrorCode, OriginError
 from edgenode.reactors import IOriginReactor
@@ -57,11 +58,15 @@ class OriginPool:
         queue_timeout: float,
         connect_timeout: Callable[[OriginRoute], float] | None = None,
         socket_tls: bool = False,
+        connect_tls: ConnectTLS | None = None,
     ) -> None:
         self.reactor = reactor
-        # TLS origins at a literal address: pyOpenSSL on the socket (socktls.py), not
-        # memory BIOs over Twisted's TCP transport. Needs a reactor with real descriptors.
+        # TLS origins: pyOpenSSL on the socket (socktls.py), not memory BIOs over Twisted's
+        # TCP transport. Needs a reactor with real descriptors.
         self.socket_tls = socket_tls
+        self.connect_tls: ConnectTLS = connect_tls or (
+            socktls.connect_tls if socket_tls else _connect_tls_bio
+        )
         self.clock = reactor
         self.max_per_server = max_per_server
         self.queue_timeout = queue_timeout
@@ -126,24 +131,9 @@ class OriginPool:
         tls = route.creator.facts() if route.creator is not None else None
         conn = UpstreamConnection(self, route, self.clock.seconds(), handshake_timeout, tls)
         self._open[route.server] += 1
-        factory: ClientFactory = OneConnectionFactory(conn, conn.fail_setup, connect_timeout)
         if route.tls:
-            assert route.creator is not None and tls is not None
             self.handshakes += 1
-            if self.socket_tls and is_ip_literal(route.address):
-                connect_tls(
-                    self.reactor,
-                    route.address,
-                    route.port,
-                    factory,
-                    connect_timeout,
-                    partial(route.creator.new_connection, tls),
-                )
-                return conn
-            # Our own TLS transport: the request goes out in the read that completes the
-            # handshake (or the call that writes it), not in the next reactor round.
-            factory = OriginTLSFactory(partial(route.creator.new_connection, tls), factory)
-        self.reactor.connectTCP(route.address, route.port, factory, timeout=connect_timeout)
+        connect_origin(self.reactor, conn, connect_timeout, self.connect_tls)
         return conn
 
     def _evict_idle_of(self, server: tuple[str, int]) -> bool:
@@ -280,6 +270,19 @@ class OriginPool:
             for conn in conns:
                 counts[conn.route.server] += 1
         return dict(counts)
+
+
+def _connect_tls_bio(
+    reactor: IOriginReactor,
+    host: str,
+    port: int,
+    factory: ClientFactory,
+    timeout: float,
+    new_connection: Callable[[Any], Any],
+) -> object:
+    """TLS on memory BIOs over Twisted's TCP transport (EDGENODE_SOCKET_TLS=0)."""
+    tls_factory = OriginTLSFactory(partial(new_connection, None), factory)
+    return reactor.connectTCP(host, port, tls_factory, timeout=timeout)
 
 
 def _noop() -> None:

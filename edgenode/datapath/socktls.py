@@ -33,11 +33,12 @@ What the wrapped protocol sees is what `TLSTransport`'s docstring lists:
 - `getHandle()` is the SSL.Connection; `handshake_started` says whether the peer sent a
   byte (server side: a port check sends none; one MSG_PEEK recv per connection).
 
-Where it is used (EDGENODE_SOCKET_TLS, default on; `=0` is the memory-BIO path): the pool's
-TLS origins at a literal address (`connect_tls`), and the HTTPS listener (`TLSListener`,
-single process and workers). Not covered yet, so still on tlstransport.py: origins by DNS
-name (connect_tls takes literals only; the pool falls back), health checks (health.py),
-the probe. Known differences from the memory-BIO path:
+Where it is used: every TLS origin connection (the pool's, with EDGENODE_SOCKET_TLS=0
+giving back the memory-BIO path there and on the listener; the health checks' and the
+probe's always), through `connect_tls`, which connects a literal address or resolves a
+name on the reactor's resolver and tries its addresses in order, as Twisted's TCP client
+would have; and the HTTPS listener (`TLSListener`, single process and workers). Known
+differences from the memory-BIO path:
 - OpenSSL reads a record in two read() calls (header, then body): pyOpenSSL has no public
   SSL_CTX_set_read_ahead. One more system call per TLS read; fewer Python calls still win.
 - The handshake's last flight and a request written in handshakeCompleted leave in two
@@ -59,15 +60,20 @@ from typing import Any
 from OpenSSL import SSL
 from twisted.internet import address as twaddress
 from twisted.internet import error as neterror
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import (
+    IAddress,
     IConsumer,
     IHandshakeListener,
+    IHostResolution,
     ILoggingContext,
     IProtocol,
     IPushProducer,
     IReadWriteDescriptor,
+    IResolutionReceiver,
     ISystemHandle,
     ITransport,
+    IWriteDescriptor,
 )
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -575,8 +581,12 @@ class SocketTLSTransport:
 # -- connecting (the origin side) ------------------------------------------------------
 
 
+@implementer(IWriteDescriptor, IResolutionReceiver, ILoggingContext)
 class _Connector:
-    """One non-blocking TCP connect to a literal address; the connector the factory sees."""
+    """One TCP connect for a TLS origin, as Twisted's TCP client makes it: a literal
+    address, or a name resolved on the reactor's resolver (IPv4, as `reactor.resolve`)
+    whose addresses are tried in order; one timer for all of it. The connector the factory
+    sees."""
 
     def __init__(
         self,
@@ -595,29 +605,67 @@ class _Connector:
         self._new_connection = new_connection
         self._timer: Any = None
         self._done = False
+        self._starting = False  # inside connect(): a failure is reported in a later turn
         self._writing = False
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.socket = socket.socket(family, socket.SOCK_STREAM)
-        self.socket.setblocking(False)
-        self._fd = self.socket.fileno()
+        self._addresses: list[str] = []  # resolved, not tried yet
+        self.socket: socket.socket | None = None
+        self._fd = -1
 
     def connect(self) -> None:
         self.factory.startedConnecting(self)
+        self._timer = self.reactor.callLater(self.timeout, self._timed_out)
+        self._starting = True
         try:
-            code = self.socket.connect_ex((self.host, self.port))
-        except OSError as e:  # e.g. a name that is not a literal address
-            code = e.errno or errno.EINVAL
-            self._failed(neterror.ConnectError(string=str(e)))
+            if isIPAddress(self.host) or isIPv6Address(self.host):  # as tcp.Client decides
+                self._attempt(self.host)
+            else:
+                self.reactor.nameResolver.resolveHostName(
+                    self, self.host, self.port, [twaddress.IPv4Address], "TCP"
+                )
+        finally:
+            self._starting = False
+
+    # IResolutionReceiver
+    def resolutionBegan(self, resolution: IHostResolution) -> None:
+        return None
+
+    def addressResolved(self, address: IAddress) -> None:
+        host = getattr(address, "host", None)
+        if isinstance(host, str) and host not in self._addresses:
+            self._addresses.append(host)
+
+    def resolutionComplete(self) -> None:
+        if self._done:
+            return  # timed out or stopped while resolving
+        if not self._addresses:
+            self._failed(neterror.DNSLookupError(self.host))  # as reactor.resolve says it
+            return
+        self._attempt(self._addresses.pop(0))
+
+    def _attempt(self, address: str) -> None:
+        """Connect a new socket to `address`."""
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as e:
+            self._failed(neterror.ConnectBindError(e.errno, e.strerror))
+            return
+        sock.setblocking(False)
+        self.socket = sock
+        self._fd = sock.fileno()
+        try:
+            code = sock.connect_ex((address, self.port))
+        except OSError as e:
+            self._attempt_failed(neterror.ConnectError(string=str(e)))
             return
         if code in (0, errno.EISCONN):
             self._connected()
             return
         if code not in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
-            self._failed(_connect_error(code))
+            self._attempt_failed(_connect_error(code))
             return
         self._writing = True
         self.reactor.addWriter(self)
-        self._timer = self.reactor.callLater(self.timeout, self._timed_out)
 
     # IWriteDescriptor
     def fileno(self) -> int:
@@ -627,36 +675,47 @@ class _Connector:
         return "SocketTLSConnect"
 
     def doWrite(self) -> None:
+        assert self.socket is not None
         code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
-            self._failed(_connect_error(code))
+            self._attempt_failed(_connect_error(code))
         else:
             self._connected()
-        return None
-
-    def doRead(self) -> None:
         return None
 
     def connectionLost(self, reason: Failure) -> None:
         """The reactor saw the socket hang up (epoll: ERR|HUP without IN for a refused
         connect, as only the writer is registered): the socket's error says why."""
-        if self._done:
+        if self._done or self.socket is None:
             return
         try:
             code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         except OSError:
             code = 0
-        self._failed(
+        self._attempt_failed(
             _connect_error(code) if code else neterror.ConnectError(string=str(reason.value))
         )
 
-    def _unregister(self) -> None:
+    def _stop_writing(self) -> None:
         if self._writing:
             self._writing = False
             self.reactor.removeWriter(self)
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+
+    def _close_socket(self) -> None:
+        self._stop_writing()
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
+        self._fd = -1
+
+    def _attempt_failed(self, exc: BaseException) -> None:
+        """This address did not take the connection: the next one, or the failure (the
+        last address's, as HostnameEndpoint reports)."""
+        self._close_socket()
+        if self._addresses and not self._done:
+            self._attempt(self._addresses.pop(0))
+        else:
+            self._failed(exc)
 
     def _timed_out(self) -> None:
         self._timer = None
@@ -666,43 +725,46 @@ class _Connector:
         if self._done:
             return
         self._done = True
-        self._unregister()
-        self.socket.close()
-        self.factory.clientConnectionFailed(self, Failure(exc))
+        self._cancel_timer()
+        self._close_socket()
+        if self._starting:  # never inside the call that started the connect, as Twisted
+            self.reactor.callLater(0, self.factory.clientConnectionFailed, self, Failure(exc))
+        else:
+            self.factory.clientConnectionFailed(self, Failure(exc))
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
     def _connected(self) -> None:
-        self._done = True
-        self._unregister()
+        sock = self.socket
+        assert sock is not None
         try:
-            peer = self.socket.getpeername()
+            peer = sock.getpeername()
         except OSError as e:
-            self._done = False
-            self._failed(_connect_error(e.errno or errno.ENOTCONN))
+            self._attempt_failed(_connect_error(e.errno or errno.ENOTCONN))
             return
-        wrapped = self.factory.buildProtocol(_address(peer, self.socket.family))
+        self._done = True
+        self._cancel_timer()
+        self._stop_writing()
+        self.socket = None  # the transport's from here
+        wrapped = self.factory.buildProtocol(_address(peer, sock.family))
         if wrapped is None:
-            self.socket.close()
+            sock.close()
             return
-        SocketTLSTransport(self.reactor, self.socket, self._new_connection, wrapped).start()
+        SocketTLSTransport(self.reactor, sock, self._new_connection, wrapped).start()
 
     def stopConnecting(self) -> None:
         self._failed(neterror.UserError(string="stopConnecting"))
 
     def getDestination(self) -> Any:
-        return _address((self.host, self.port), self.socket.family)
+        return _address((self.host, self.port), socket.AF_INET6 if ":" in self.host else 0)
 
 
 def _connect_error(code: int) -> BaseException:
     """As Twisted's TCP client says it (`error.getConnectError`)."""
     return neterror.getConnectError((code, os.strerror(code)))
-
-
-def is_ip_literal(host: str) -> bool:
-    try:
-        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-    except OSError:
-        return False
-    return True
 
 
 def connect_tls(
@@ -713,8 +775,11 @@ def connect_tls(
     timeout: float,
     new_connection: Callable[[socket.socket], SSL.Connection],
 ) -> _Connector:
-    """connectTCP's part for a TLS origin: connect `host` (a literal address), then run the
-    protocol `factory` builds over a SocketTLSTransport (client end)."""
+    """connectTCP's part for a TLS origin: connect `host` (a literal address or a name)
+    within `timeout`, then run the protocol `factory` builds over a SocketTLSTransport
+    (client end); a connect that fails reaches `factory.clientConnectionFailed`, in a
+    later turn, with the exception Twisted's TCP client gives (ConnectionRefusedError,
+    TimeoutError, DNSLookupError, ...)."""
     connector = _Connector(reactor, host, port, factory, timeout, new_connection)
     connector.connect()
     return connector

@@ -9,7 +9,9 @@ Invariants:
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
 import httptools
@@ -28,8 +30,10 @@ from edgenode.datapath.headers import (
     Headers,
 )
 from edgenode.datapath.socketwriter import tcp_socket
+from edgenode.datapath.socktls import connect_tls
 from edgenode.datapath.transport import StreamTransport
 from edgenode.errors import ErrorCode, OriginError
+from edgenode.reactors import IOriginReactor
 from edgenode.routes import OriginRoute
 from edgenode.tls import ConnectionTLS
 
@@ -458,6 +462,41 @@ class OneConnectionFactory(ClientFactory):
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         self.failed(connect_failure(reason.value, self.connect_timeout))
+
+
+class ConnectTLS(Protocol):
+    """How a TLS origin connection is opened (tlstransport's `connect_tls`; tests bring a
+    recording one, as MemoryReactor records connectTCP)."""
+
+    def __call__(
+        self,
+        reactor: IOriginReactor,
+        host: str,
+        port: int,
+        factory: ClientFactory,
+        timeout: float,
+        new_connection: Callable[[socket.socket], SSL.Connection],
+    ) -> object: ...
+
+
+def connect_origin(
+    reactor: IOriginReactor,
+    conn: UpstreamConnection,
+    timeout: float,
+    connect_tls: ConnectTLS = connect_tls,
+) -> None:
+    """Open `conn`'s connection to its route's origin within `timeout`: plain TCP through the
+    reactor, or TLS on a socket of its own with the route's creator, recording into
+    `conn.tls`. A connect that fails reaches `conn.fail_setup` as the SPEC §4 error. The
+    pool and the health checks open their connections here."""
+    route = conn.route
+    factory = OneConnectionFactory(conn, conn.fail_setup, timeout)
+    if route.tls:
+        assert route.creator is not None and conn.tls is not None
+        new_connection = partial(route.creator.new_connection, conn.tls)
+        connect_tls(reactor, route.address, route.port, factory, timeout, new_connection)
+    else:
+        reactor.connectTCP(route.address, route.port, factory, timeout=timeout)
 
 
 def connect_failure(exc: BaseException, timeout: float) -> OriginError:

@@ -1,10 +1,10 @@
 """`edgenode probe`: one TLS handshake with each origin of a domain, explained (SPEC §2).
 
 The probe makes the edge's handshake (the route's `OriginTLSCreator`: same trust
-profile, SNI, verify name and verify callback) over Twisted's `TLSMemoryBIOFactory`
-rather than the data path's own transport (tlstransport.py), which the verdict does not
-depend on. It stops after the handshake without sending a request, and reports per origin what the
-origin presented and the verdict the edge would reach, in the edge's error codes
+profile, SNI, verify name and verify callback) over the data path's own TLS transport,
+connected as the edge connects (`connect_tls`: names resolved alike, the same connect
+timeout and errors). It stops after the handshake without sending a request, and reports
+per origin what the origin presented and the verdict the edge would reach, in the edge's error codes
 (SPEC §4), with a hint an operator can act on. A failed verification still reports the
 certificate: the verify callback records its facts before it fails the handshake.
 
@@ -19,18 +19,19 @@ import json
 import math
 import sys
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Protocol
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from edgenode.config import Config, Domain, load_config
 from edgenode.control.cluster import ClusterStartError, read_start
+from edgenode.datapath.socktls import connect_tls
 from edgenode.datapath.transport import StreamTransport
 from edgenode.datapath.upstream import OneConnectionFactory, setup_failure
 from edgenode.errors import ConfigError, ErrorCode, OriginError
@@ -332,13 +333,14 @@ async def probe_origin(
     """Connect to one origin as the edge would, run the handshake, and judge it."""
     facts = target.creator.facts()
     probe = HandshakeProbe(reactor, target.handshake_timeout, facts)
-    factory = TLSMemoryBIOFactory(
-        target.creator.connection_creator(facts),
-        True,
+    connect_tls(
+        reactor,
+        target.address,
+        target.port,
         OneConnectionFactory(probe, probe.connect_failed, target.connect_timeout),
+        target.connect_timeout,
+        partial(target.creator.new_connection, facts),
     )
-    factory.noisy = False
-    reactor.connectTCP(target.address, target.port, factory, timeout=target.connect_timeout)
     err = await probe.done
     return judge(target, plan, probe, err, now=reactor.seconds())
 
