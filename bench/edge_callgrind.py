@@ -9,7 +9,6 @@ dumped. Instructions ÷ requests is repeatable to a fraction of a percent on a b
 machine, unlike CPU time; it leaves out the kernel's share of the system calls.
 
     python3 bench/edge_callgrind.py --scheme https --requests 2000
-    EDGENODE_SOCKET_TLS=0 python3 bench/edge_callgrind.py --scheme https   # memory BIOs
     python3 bench/edge_callgrind.py --source /work/main --scheme http     # another checkout
 """
 
@@ -173,11 +172,8 @@ def main() -> int:
             c0 = ticks()
             get(args.requests)
             us = (ticks() - c0) * 1e6 / os.sysconf("SC_CLK_TCK") / args.requests
-            socket_tls = os.environ.get("EDGENODE_SOCKET_TLS", "1")
             label = str(args.source) if args.source else "this checkout"
-            print(
-                f"{label} {args.scheme} EDGENODE_SOCKET_TLS={socket_tls}: {us:.1f} µs CPU/request"
-            )
+            print(f"{label} {args.scheme}: {us:.1f} µs CPU/request")
             return 0
         if args.strace:
             get(args.requests)
@@ -208,16 +204,15 @@ def main() -> int:
                 if m:
                     total = max(total, int(m.group(1)))  # summary is 0 after a toggle
         label = str(args.source) if args.source else "this checkout"
-        socket_tls = os.environ.get("EDGENODE_SOCKET_TLS", "1")
         print(
-            f"{label} {args.scheme} EDGENODE_SOCKET_TLS={socket_tls}: "
+            f"{label} {args.scheme}: "
             f"{total / args.requests:,.0f} instructions per request "
             f"({args.requests} requests, {wall:.1f} s under callgrind)"
         )
         for ln in provenance:
             print("  ", ln)
         if args.keep:
-            keep = Path(f"/tmp/edgecg-{args.scheme}-{socket_tls}-{os.getpid()}.out")
+            keep = Path(f"/tmp/edgecg-{args.scheme}-{os.getpid()}.out")
             keep.write_bytes(dumps[-1].read_bytes())
             print("   kept", keep)
         return 0

@@ -13,7 +13,9 @@ from typing import cast
 
 from twisted.internet.interfaces import (
     IReactorCore,
+    IReactorFDSet,
     IReactorFromThreads,
+    IReactorPluggableNameResolver,
     IReactorProcess,
     IReactorSocket,
     IReactorTCP,
@@ -21,8 +23,13 @@ from twisted.internet.interfaces import (
 )
 
 
-class IOriginReactor(IReactorTCP, IReactorTime):
-    """The origin pool's: TCP connects, and time."""
+class ITLSReactor(IReactorFDSet, IReactorTime, IReactorPluggableNameResolver):
+    """The TLS transport's (edgenode.datapath.tlstransport): its own descriptors, time (an
+    end is reported in a later turn), and the resolver for origins given by name."""
+
+
+class IOriginReactor(IReactorTCP, ITLSReactor):
+    """The origin pool's: TCP connects (plain HTTP), TLS connects, and time."""
 
 
 class IEdgeReactor(

@@ -32,10 +32,11 @@ reload that leaves the certificates as they were keeps the same `ServerTLS` (run
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import attrs
 from OpenSSL import SSL
@@ -103,9 +104,9 @@ class ServerTLS:
         """What decides whether a reload can keep this ServerTLS (and its ticket keys)."""
         return (tuple(certificates), min_version, unknown_sni)
 
-    def new_connection(self, sock: Any = None) -> SSL.Connection:
-        """A connection for one accepted TCP connection (the transport sets accept state);
-        on `sock` for socktls.py, else on memory BIOs."""
+    def new_connection(self, sock: socket.socket) -> SSL.Connection:
+        """The connection of one accepted TCP connection, on its socket (the TLS transport
+        sets accept state)."""
         return SSL.Connection(self._front, sock)
 
     # -- building -------------------------------------------------------------

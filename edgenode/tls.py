@@ -14,6 +14,7 @@ Invariants (see ../shared/research/twisted-notes.md §2):
 from __future__ import annotations
 
 import hashlib
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,6 @@ from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import extract_patterns
 from service_identity.hazmat import DNS_ID, IPAddress_ID, verify_service_identity
 from twisted.internet import error as neterror
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import (
     Certificate,
     CertificateOptions,
@@ -33,7 +33,6 @@ from twisted.internet.ssl import (
     platformTrust,
     trustRootFromCertificates,
 )
-from zope.interface import implementer
 
 from edgenode.certificates import EdgeCertificate
 from edgenode.errors import ErrorCode, OriginError
@@ -281,9 +280,8 @@ class OriginTLSCreator:
     """Makes the SSL.Connections of one route: SNI if any, our verify callback, facts for logs.
 
     One connection's TLS is set up in one direction: whoever opens the connection takes
-    fresh `facts()`, gives them to the protocol that will read them and to the transport
-    through `new_connection` (our own transport) or `connection_creator` (Twisted's
-    TLSMemoryBIOFactory, for the probe). Nothing here reaches into a protocol.
+    fresh `facts()`, gives them to the protocol that will read them and to the TLS
+    transport through `new_connection`. Nothing here reaches into a protocol.
     """
 
     def __init__(
@@ -303,13 +301,9 @@ class OriginTLSCreator:
         """A record for one new connection of this route, filled in as its handshake goes."""
         return ConnectionTLS(sni=self.sni, verify_name=self.verify_name, verify=self.verify)
 
-    def connection_creator(self, facts: ConnectionTLS) -> IOpenSSLClientConnectionCreator:
-        """`new_connection(facts)` as Twisted's TLS factory asks for it."""
-        return _OneConnection(self, facts)
-
-    def new_connection(self, facts: ConnectionTLS, sock: Any = None) -> SSL.Connection:
-        """The SSL.Connection of one connection of this route, recording into `facts`
-        (on `sock`, the connected socket, for socktls.py; else on memory BIOs)."""
+    def new_connection(self, facts: ConnectionTLS, sock: socket.socket) -> SSL.Connection:
+        """The SSL.Connection of one connection of this route on `sock`, its connected
+        socket, recording into `facts`."""
         conn = SSL.Connection(self.profile.context, sock)
         facts.connection = conn
         if self._sni_bytes is not None:
@@ -368,18 +362,6 @@ class OriginTLSCreator:
             return True
 
         return verify
-
-
-@implementer(IOpenSSLClientConnectionCreator)
-class _OneConnection:
-    """One connection's creator for Twisted's TLSMemoryBIOFactory (the probe's transport)."""
-
-    def __init__(self, creator: OriginTLSCreator, facts: ConnectionTLS) -> None:
-        self._creator = creator
-        self._facts = facts
-
-    def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
-        return self._creator.new_connection(self._facts)
 
 
 def name_mismatch_detail(peer: CertFacts, verify_name: str, sni: str | None) -> str:

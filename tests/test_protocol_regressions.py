@@ -60,10 +60,10 @@ def test_handshake_timeout_frees_exactly_one_slot() -> None:
     route = tls_route("a.example")
     h.acquire(route)
     h.complete_connect()
-    h.reactor.tcpClients[0][2].wrappedFactory.conn.handshakeCompleted()
+    h.reactor.tcpClients[0][2].conn.handshakeCompleted()
     late = h.acquire(route)
     h.complete_connect()
-    timed_out = h.reactor.tcpClients[1][2].wrappedFactory.conn
+    timed_out = h.reactor.tcpClients[1][2].conn
     h.reactor.advance(5)
     assert [e.code for e in late.failed] == [ErrorCode.ORIGIN_TIMEOUT]
     lose(timed_out, ConnectionLost)  # the abort completes

@@ -1,38 +1,58 @@
-"""Tests for edgenode.datapath.tlstransport: the TLS client transport under each origin connection.
+"""Tests for edgenode.datapath.tlstransport: TLS on the socket itself, both ends.
 
 Two layers. Against real in-process TLS origins (the reactor thread), through the
-OriginPool as the edge uses it: SNI and certificates, large uploads and downloads,
-close_notify, and handshake failures classified as the SPEC §4 codes. Then the write
-path by hand, over a real loopback socket whose buffers are kept small: what goes
-straight to the socket, what waits in the TCP transport, and the drain signal.
+OriginPool as the edge uses it: SNI and certificates, origins by name, large uploads and
+downloads, close_notify, and handshake failures classified as the SPEC §4 codes. Then by
+hand, over a real loopback socket pair with small buffers: our TLSTransport on one end,
+driven through a MemoryReactorClock (its doRead/doWrite called here when the socket is
+ready and it is registered), an in-memory TLS peer on the other: eager writes and the
+queue, reads, backpressure, the ends; the listener; and the connector (refused, timed
+out, names resolved on the reactor).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import select
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
 
 import pytest
 from OpenSSL import SSL
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer
-from twisted.internet.protocol import Protocol
+from twisted.internet.error import (
+    ConnectionAborted,
+    ConnectionDone,
+    ConnectionLost,
+    ConnectionRefusedError,
+    DNSLookupError,
+)
+from twisted.internet.error import TimeoutError as ConnectTimeoutError
+from twisted.internet.interfaces import (
+    IAddress,
+    IHandshakeListener,
+    IHostnameResolver,
+    IHostResolution,
+    IPushProducer,
+    IResolutionReceiver,
+)
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from edgenode.datapath.headers import Headers
 from edgenode.datapath.pool import OriginPool
 from edgenode.datapath.socketwriter import HIGH_WATER
-from edgenode.datapath.socktls import SocketTLSTransport
-from edgenode.datapath.tlstransport import TLSTransport
-from edgenode.datapath.upstream import UpstreamConnection
+from edgenode.datapath.tlstransport import TLSListener, TLSTransport, connect_tls
+from edgenode.datapath.upstream import UpstreamConnection, connect_failure
 from edgenode.errors import ErrorCode, OriginError
 from edgenode.routes import OriginRoute
 from edgenode.tls import OriginTLSCreator, TrustProfile
@@ -173,10 +193,9 @@ class Uploader:
         self.paused = True
 
 
-@pytest.fixture(params=[False, True], ids=["bio", "socket"])
-def pool(reactor_thread: Any, request: Any) -> Iterator[OriginPool]:
-    """The pool on each TLS transport: memory BIOs (tlstransport.py), on the socket (socktls.py)."""
-    made = OriginPool(reactor_thread, max_per_server=8, queue_timeout=5.0, socket_tls=request.param)
+@pytest.fixture
+def pool(reactor_thread: Any) -> Iterator[OriginPool]:
+    made = OriginPool(reactor_thread, max_per_server=8, queue_timeout=5.0)
     yield made
     in_reactor(made.stop)
 
@@ -207,8 +226,7 @@ def test_each_sni_gets_its_own_certificate_and_vhost(
         ex = run(pool, tls_route(profile, origin.port, name, name), get("/", name))
         assert ex.error is None and ex.status == 200
         conn = ex.conn
-        transport = SocketTLSTransport if pool.socket_tls else TLSTransport
-        assert conn is not None and isinstance(conn.transport, transport)
+        assert conn is not None and isinstance(conn.transport, TLSTransport)
         record = json.loads(b"".join(ex.body))
         assert (record["sni"], record["vhost"], record["host"]) == (name, name, name)
         assert conn.tls is not None and conn.tls.peer is not None
@@ -361,7 +379,7 @@ def test_handshake_timeout_is_origin_timeout_and_frees_the_slot(
     wait_until(lambda: pool.open_count(route.server) == 0)
 
 
-# --- The write path, by hand over a loopback socket ---------------------------------------
+# --- By hand: our transport on one end of a loopback socket pair ---------------------------
 
 
 def _socket_pair(buffer: int) -> tuple[socket.socket, socket.socket]:
@@ -377,69 +395,6 @@ def _socket_pair(buffer: int) -> tuple[socket.socket, socket.socket]:
     client.setblocking(False)
     server.setblocking(False)
     return client, server
-
-
-class SocketTransport:
-    """The TCP transport's part, over a real socket: write() buffers; drain() sends it.
-
-    drain() then tells the registered pull producer, as Twisted's doWrite does once its
-    buffer is empty. `events` is what the TLS protocol asked of it, in order.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buffer = bytearray()
-        self.producer: Any = None
-        self.events: list[Any] = []
-
-    def getHandle(self) -> socket.socket:
-        return self.sock
-
-    def write(self, data: bytes) -> None:
-        self.buffer += data
-        self.events.append(("write", len(data)))
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        assert self.producer is None
-        self.producer = producer
-        self.events.append(("register", streaming))
-        if not streaming:
-            producer.resumeProducing()
-
-    def unregisterProducer(self) -> None:
-        self.producer = None
-        self.events.append("unregister")
-
-    def loseConnection(self) -> None:
-        self.events.append("loseConnection")
-
-    def abortConnection(self) -> None:
-        self.events.append("abortConnection")
-
-    def pauseProducing(self) -> None:
-        self.events.append("pauseProducing")
-
-    def resumeProducing(self) -> None:
-        self.events.append("resumeProducing")
-
-    def getPeer(self) -> Any:
-        return self.sock.getpeername()
-
-    def getHost(self) -> Any:
-        return self.sock.getsockname()
-
-    def send_some(self) -> None:
-        if self.buffer:
-            try:
-                sent = self.sock.send(self.buffer)
-            except BlockingIOError:
-                sent = 0
-            del self.buffer[:sent]
-
-    def drained(self) -> None:
-        assert not self.buffer
-        if self.producer is not None:
-            self.producer.resumeProducing()
 
 
 @implementer(IHandshakeListener)
@@ -480,32 +435,31 @@ class Recorder:
         self.events.append("stop")
 
 
-class Link:
-    """Our protocol on one end of a socket pair, an in-memory TLS server on the other."""
+class Peer:
+    """Our transport (client end of TLS) on one socket, an in-memory TLS server on the other."""
 
     def __init__(self, pki: PKI, profile: TrustProfile, buffer: int = 32768) -> None:
         self.client_sock, self.server_sock = _socket_pair(buffer)
-        self.tcp = SocketTransport(self.client_sock)
+        self.reactor = MemoryReactorClock()
         self.wrapped = Wrapped()
         creator = OriginTLSCreator(profile, "a.test", "a.test", True)
         self.proto = TLSTransport(
-            partial(creator.new_connection, creator.facts()), self.wrapped
+            self.reactor,
+            self.client_sock,
+            partial(creator.new_connection, creator.facts()),
+            self.wrapped,
         )
         server = SNIServerTLS({"a.test": pki.leaf("a.test")}, None).serverConnectionForTLS(None)
         server.set_accept_state()
         self.server = server
-        self.received = bytearray()  # plaintext the server decrypted
+        self.received = bytearray()
         self.server_closed = False
 
-    def connect(self) -> None:
-        self.proto.makeConnection(self.tcp)
-
     def server_read(self) -> None:
-        """The server reads what reached its socket, decrypts it, and answers."""
         while True:
             try:
                 chunk = self.server_sock.recv(1 << 20)
-            except BlockingIOError:
+            except (BlockingIOError, ConnectionResetError):
                 break
             if not chunk:
                 break
@@ -517,203 +471,434 @@ class Link:
             pass
         except SSL.ZeroReturnError:
             self.server_closed = True
+        self.server_flush()
+
+    def server_flush(self) -> None:
         try:
             out = self.server.bio_read(1 << 20)
         except SSL.WantReadError:
             return
         self.server_sock.sendall(out)
 
-    def server_read_until(self, predicate: Any, timeout: float = 5.0) -> None:
-        """Loopback delivery is not always instant: read until `predicate()` holds."""
-        deadline = time.monotonic() + timeout
-        self.server_read()
-        while not predicate():
-            assert time.monotonic() < deadline, "the server did not get it in time"
-            select.select([self.server_sock], [], [], 0.05)
-            self.server_read()
+    def events(self, timeout: float = 0.05) -> None:
+        """One reactor turn for our end: doRead/doWrite where ready and registered."""
+        if self.proto._closed:
+            return
+        r, w, _ = select.select([self.client_sock], [self.client_sock], [], timeout)
+        if r and self.proto in self.reactor.readers:
+            self.proto.doRead()
+        if w and self.proto in self.reactor.writers:
+            self.proto.doWrite()
 
-    def client_read(self) -> None:
-        """The client socket's bytes, one dataReceived per recv, as the reactor would."""
-        while True:
-            try:
-                chunk = self.client_sock.recv(1 << 16)
-            except BlockingIOError:
-                return
-            self.proto.dataReceived(chunk)
+    def until(self, predicate: Any, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, "not in time"
+            self.server_read()
+            self.events()
+            self.reactor.advance(0)
 
     def handshake(self) -> None:
-        self.connect()
-        deadline = time.monotonic() + 5.0
-        while "handshake" not in self.wrapped.events:
-            assert time.monotonic() < deadline, "the handshake did not complete"
-            select.select([self.server_sock, self.client_sock], [], [], 0.05)
-            self.server_read()
-            self.client_read()
+        self.proto.start()
+        self.until(lambda: "handshake" in self.wrapped.events)
         assert self.wrapped.events == ["made", "handshake"]
-        # The server is done once it read the client's Finished; then it may send.
-        self.server_read_until(lambda: self.server.get_peer_finished() is not None)
-
-    def pump_until_drained(self) -> None:
-        """Let the socket carry what the TCP transport holds, then report the drain."""
-        for _ in range(10_000):
-            self.tcp.send_some()
-            self.server_read()
-            if not self.tcp.buffer:
-                break
-        self.tcp.drained()
-        self.server_read()
+        self.until(lambda: self.server.get_peer_finished() is not None)
 
     def close(self) -> None:
-        self.client_sock.close()
-        self.server_sock.close()
+        for s in (self.client_sock, self.server_sock):
+            with contextlib.suppress(OSError):
+                s.close()
 
 
 @pytest.fixture
-def link(pki: PKI, profile: TrustProfile) -> Iterator[Link]:
-    made = Link(pki, profile)
+def peer(pki: PKI, profile: TrustProfile) -> Iterator[Peer]:
+    made = Peer(pki, profile)
     yield made
     made.close()
 
 
-def test_client_hello_and_request_go_straight_to_the_socket(link: Link) -> None:
-    """Nothing queued in the TCP transport: each flight is one socket send, no transport.write."""
-    link.handshake()
-    assert link.tcp.events == [("register", False)]  # the drain watcher, and nothing written
-    link.proto.write(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
-    link.server_read_until(lambda: link.received)
-    assert bytes(link.received) == b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"
-    assert not any(e[0] == "write" for e in link.tcp.events if isinstance(e, tuple))
+def test_writes_go_straight_to_the_socket(peer: Peer) -> None:
+    peer.handshake()
+    peer.proto.write(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+    assert peer.proto not in peer.reactor.writers  # nothing queued
+    peer.until(lambda: peer.received)
+    assert bytes(peer.received) == b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"
 
 
-def test_one_tcp_read_is_one_data_received(link: Link) -> None:
-    """Several TLS records in one TCP read reach the wrapped protocol as one piece."""
-    link.handshake()
+def test_records_of_one_event_are_one_data_received_up_to_64_kib(peer: Peer) -> None:
+    peer.handshake()
     calls: list[int] = []
-    link.wrapped.dataReceived = lambda data: calls.append(len(data))  # type: ignore[method-assign]
-    for part in (b"a" * 20000, b"b" * 20000, b"c" * 100):
-        link.server.sendall(part)
-    records = link.server.bio_read(1 << 20)
-    link.server_sock.sendall(records)
-    deadline = time.monotonic() + 5.0
-    while len(link.client_sock.recv(1 << 17, socket.MSG_PEEK)) < len(records):
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    link.client_read()  # one recv: all four records
-    assert calls == [40100]
+    peer.wrapped.dataReceived = lambda data: calls.append(len(data))  # type: ignore[method-assign]
+    for part in (b"a" * 16384, b"b" * 16384, b"c" * 16384, b"d" * 16384, b"e" * 16384, b"f" * 10):
+        peer.server.sendall(part)
+    peer.server_flush()
+    time.sleep(0.05)
+    peer.until(lambda: sum(calls) == 5 * 16384 + 10)
+    assert calls == [65536, 16394]
 
 
-def test_a_full_socket_queues_in_order_pauses_the_upload_and_resumes_on_drain(
-    link: Link,
-) -> None:
-    link.handshake()
+def test_a_full_socket_queues_in_order_pauses_the_upload_and_resumes_on_drain(peer: Peer) -> None:
+    peer.handshake()
     upload = Recorder()
-    link.proto.registerProducer(upload, True)
+    peer.proto.registerProducer(upload, True)
     big = pattern(2 * MiB)
-    link.proto.write(big)  # far more than the socket takes
-    writes = [e for e in link.tcp.events if isinstance(e, tuple) and e[0] == "write"]
-    assert len(writes) == 1  # the rest of that send, queued
-    assert upload.events == ["pause"]  # more than HIGH_WATER handed to the transport
-    assert len(link.tcp.buffer) > HIGH_WATER
-    link.proto.write(b"tail")  # must queue behind, never overtake
-    assert len([e for e in link.tcp.events if isinstance(e, tuple) and e[0] == "write"]) == 2
-    link.pump_until_drained()
-    assert upload.events == ["pause", "resume"]
-    assert bytes(link.received) == big + b"tail"
-    events_before = len(link.tcp.events)
-    link.proto.write(b"direct again")
-    link.server_read_until(lambda: len(link.received) == len(big) + 16)
-    assert link.tcp.events[events_before:] == []  # straight to the socket after the drain
-    assert bytes(link.received).endswith(b"tail" + b"direct again")
-
-
-def test_producer_registered_above_high_water_starts_paused(link: Link) -> None:
-    link.handshake()
-    link.proto.write(pattern(2 * MiB))
-    upload = Recorder()
-    link.proto.registerProducer(upload, True)
+    peer.proto.write(big)
     assert upload.events == ["pause"]
-    link.proto.unregisterProducer()
-    link.pump_until_drained()
-    assert upload.events == ["pause"]  # unregistered: not resumed
+    assert peer.proto in peer.reactor.writers
+    peer.proto.write(b"tail")  # queued behind, never overtaking
+    peer.until(lambda: len(peer.received) == len(big) + 4)
+    assert bytes(peer.received) == big + b"tail"
+    assert upload.events == ["pause", "resume"]
+    assert peer.proto not in peer.reactor.writers
+    peer.proto.write(b"direct again")
+    assert peer.proto not in peer.reactor.writers
+    peer.until(lambda: bytes(peer.received).endswith(b"tail" + b"direct again"))
 
 
-def test_lose_connection_unregisters_the_watcher_then_closes_after_close_notify(
-    link: Link,
-) -> None:
-    link.handshake()
-    link.proto.loseConnection()
-    assert link.tcp.events[-2:] == ["unregister", "loseConnection"]
-    link.server_read_until(lambda: link.server_closed)  # close_notify arrived
-    link.proto.connectionLost(Failure(ConnectionDone()))
-    assert link.wrapped.events[-1] == ("lost", ConnectionDone)
-
-
-def test_lose_connection_waits_for_the_upload_producer(link: Link) -> None:
-    """Twisted's rule: with a producer registered, the close waits until it is unregistered."""
-    link.handshake()
-    link.proto.registerProducer(Recorder(), True)
-    link.proto.loseConnection()
-    assert "loseConnection" not in link.tcp.events
-    link.proto.write(b"last body bytes")  # still allowed while the producer is registered
-    link.proto.unregisterProducer()
-    assert link.tcp.events[-2:] == ["unregister", "loseConnection"]
-    link.server_read_until(lambda: link.server_closed)
-    assert bytes(link.received) == b"last body bytes"
-
-
-def test_lost_connection_stops_the_upload_producer(link: Link) -> None:
-    link.handshake()
+def test_producer_registered_above_high_water_starts_paused(peer: Peer) -> None:
+    peer.handshake()
+    peer.proto.write(pattern(2 * MiB))
+    assert peer.proto._queued > HIGH_WATER
     upload = Recorder()
-    link.proto.registerProducer(upload, True)
-    link.proto.connectionLost(Failure(ConnectionDone()))
+    peer.proto.registerProducer(upload, True)
+    assert upload.events == ["pause"]
+    peer.proto.unregisterProducer()
+    peer.until(lambda: len(peer.received) == 2 * MiB)
+    assert upload.events == ["pause"]
+
+
+def test_lose_connection_sends_queue_then_close_notify_and_reports_later(peer: Peer) -> None:
+    peer.handshake()
+    big = pattern(MiB)
+    peer.proto.write(big)
+    peer.proto.loseConnection()
+    assert peer.proto not in peer.reactor.readers  # no more reading while it drains
+    peer.proto.write(b"dropped")  # after loseConnection, without a producer: dropped
+    peer.until(lambda: peer.server_closed)
+    assert bytes(peer.received) == big
+    peer.reactor.advance(0)
+    assert peer.wrapped.events[-1] == ("lost", ConnectionDone)
+
+
+def test_connection_lost_is_never_reported_inside_the_call_that_closed(peer: Peer) -> None:
+    peer.handshake()
+    peer.proto.abortConnection()
+    assert peer.wrapped.events == ["made", "handshake"]
+    peer.reactor.advance(0)
+    assert peer.wrapped.events[-1] == ("lost", ConnectionAborted)
+
+
+def test_lose_connection_waits_for_the_upload_producer(peer: Peer) -> None:
+    peer.handshake()
+    peer.proto.registerProducer(Recorder(), True)
+    peer.proto.loseConnection()
+    peer.proto.write(b"last body bytes")  # allowed while the producer is registered
+    assert not peer.proto._closed
+    peer.proto.unregisterProducer()
+    peer.until(lambda: peer.server_closed)
+    assert bytes(peer.received) == b"last body bytes"
+
+
+def test_peer_close_notify_is_answered_and_is_connection_done(peer: Peer) -> None:
+    peer.handshake()
+    peer.server.shutdown()
+    peer.server_flush()
+    peer.until(lambda: peer.proto._closed)
+    peer.server_read()
+    assert peer.server_closed  # our close_notify came back
+    peer.reactor.advance(0)
+    assert peer.wrapped.events[-1] == ("lost", ConnectionDone)
+
+
+def test_eof_without_close_notify_is_connection_lost(peer: Peer) -> None:
+    peer.handshake()
+    peer.server.sendall(b"partial response")
+    peer.server_flush()
+    peer.server_sock.shutdown(socket.SHUT_WR)
+    peer.until(lambda: peer.proto._closed)
+    peer.reactor.advance(0)
+    assert bytes(peer.wrapped.data) == b"partial response"
+    assert peer.wrapped.events[-1] == ("lost", ConnectionLost)
+
+
+def test_a_fatal_alert_is_the_ssl_error(pki: PKI, profile: TrustProfile) -> None:
+    """An origin whose certificate does not verify: our alert goes, the reason is SSL.Error."""
+    p = Peer(pki, profile)
+    try:
+        server = SNIServerTLS({"a.test": pki.untrusted_leaf("a.test")}, None)
+        p.server = server.serverConnectionForTLS(None)
+        p.server.set_accept_state()
+        p.proto.start()
+        p.until(lambda: p.proto._closed)
+        p.reactor.advance(0)
+        assert p.wrapped.events[0] == "made" and p.wrapped.events[-1][0] == "lost"
+        assert issubclass(p.wrapped.events[-1][1], SSL.Error)
+    finally:
+        p.close()
+
+
+def test_lost_connection_stops_the_upload_producer(peer: Peer) -> None:
+    peer.handshake()
+    upload = Recorder()
+    peer.proto.registerProducer(upload, True)
+    peer.proto.abortConnection()
+    peer.reactor.advance(0)
     assert upload.events == ["stop"]
-    assert link.wrapped.events[-1][0] == "lost"
+    assert peer.wrapped.events[-1][0] == "lost"
 
 
-def test_reading_backpressure_goes_to_the_tcp_transport(link: Link) -> None:
-    link.handshake()
-    link.proto.pauseProducing()
-    link.proto.resumeProducing()
-    assert link.tcp.events[-2:] == ["pauseProducing", "resumeProducing"]
+def test_reading_backpressure_unregisters_the_reader(peer: Peer) -> None:
+    peer.handshake()
+    peer.proto.pauseProducing()
+    assert peer.proto not in peer.reactor.readers
+    peer.server.sendall(b"waits")
+    peer.server_flush()
+    time.sleep(0.05)
+    peer.events()
+    assert bytes(peer.wrapped.data) == b""
+    peer.proto.resumeProducing()
+    peer.until(lambda: bytes(peer.wrapped.data) == b"waits")
 
 
-def test_the_handle_is_the_tls_connection_never_the_socket(link: Link) -> None:
-    """A writer that finds a socket behind a transport sends to it directly
-    (socketwriter.py): behind TLS that would put plaintext on the wire."""
-    link.handshake()
-    assert isinstance(link.proto.getHandle(), SSL.Connection)
-    assert link.client_sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+def test_the_handle_is_the_tls_connection_and_nodelay_is_set(peer: Peer) -> None:
+    peer.handshake()
+    assert isinstance(peer.proto.getHandle(), SSL.Connection)
+    assert not isinstance(peer.proto.getHandle(), socket.socket)
+    assert peer.client_sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
-def _records(*sizes: int) -> bytes:
-    return b"".join(b"\x17\x03\x03" + size.to_bytes(2, "big") + b"x" * size for size in sizes)
+# --- the server end: the listener ---------------------------------------------------------
 
 
-def test_the_record_framer_counts_each_record_once_whatever_the_split() -> None:
-    """Reads stop after as many recv calls as the read completed records (`_read`): a
-    framer that miscounted across reads would leave plaintext waiting in OpenSSL."""
-    from edgenode.datapath.tlstransport import _RecordFramer
+def _listener(pki: PKI) -> tuple[MemoryReactorClock, TLSListener, list[Wrapped]]:
+    reactor = MemoryReactorClock()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    pki.leaf("a.test").configure_cert(ctx)
+    made: list[Wrapped] = []
 
-    stream = _records(0, 1, 300, 16384, 4, 2)
-    ends = [5, 11, 316, 16705, 16714, 16721]
-    for cut_a in range(0, len(stream), 7):
-        for cut_b in (cut_a, cut_a + 1, cut_a + 4, cut_a + 5, cut_a + 301, len(stream)):
-            cut_b = min(max(cut_b, cut_a), len(stream))
-            framer = _RecordFramer()
-            counts = [framer.feed(stream[:cut_a]), framer.feed(stream[cut_a:cut_b])]
-            counts.append(framer.feed(stream[cut_b:]))
-            expected = [
-                sum(1 for e in ends if e <= cut_a),
-                sum(1 for e in ends if cut_a < e <= cut_b),
-                sum(1 for e in ends if e > cut_b),
-            ]
-            assert counts == expected, (cut_a, cut_b)
+    def build(addr: Any) -> Wrapped:
+        made.append(Wrapped())
+        return made[-1]
+
+    listener = TLSListener(reactor, sock, lambda s: SSL.Connection(ctx, s), build)
+    listener.startListening()
+    return reactor, listener, made
 
 
-def test_the_record_framer_gives_up_on_what_is_not_tls() -> None:
-    from edgenode.datapath.tlstransport import _RecordFramer
+def _turns(reactor: MemoryReactorClock, seconds: float = 0.3) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ds = [d for d in list(reactor.readers) + list(reactor.writers) if d.fileno() >= 0]
+        r, w, _ = select.select(
+            [d for d in ds if d in reactor.readers],
+            [d for d in ds if d in reactor.writers],
+            [],
+            0.02,
+        )
+        for d in r:
+            d.doRead()
+        for d in w:
+            if d in reactor.writers:
+                d.doWrite()
+        reactor.advance(0)
 
-    framer = _RecordFramer()
-    assert framer.feed(b"\x80\x2e\x01\x03\x01") == -1  # an SSLv2-style ClientHello
-    assert framer.feed(_records(5)) == -1  # and stays off for the connection
-    assert _RecordFramer().feed(b"GET / HTTP/1.1\r\n") == -1
+
+def test_a_port_check_is_not_a_handshake_but_a_client_hello_is(pki: PKI) -> None:
+    reactor, listener, made = _listener(pki)
+    try:
+        port = listener.getHost().port
+        socket.create_connection(("127.0.0.1", port)).close()  # a port check: no byte
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"\x16\x03\x01\x00\x05hello")  # a (broken) ClientHello: a byte came
+            _turns(reactor)
+        _turns(reactor)
+        assert len(made) == 2
+        transports = [w.transport for w in made]
+        assert [t.handshake_started for t in transports] == [False, True]
+        assert all(w.events[-1][0] == "lost" for w in made)
+    finally:
+        listener.stopListening()
+
+
+def test_a_real_client_is_served(pki: PKI) -> None:
+    import ssl
+    import threading
+
+    reactor, listener, made = _listener(pki)
+    try:
+        port = listener.getHost().port
+        got: list[bytes] = []
+
+        def client() -> None:
+            ctx = ssl.create_default_context(cafile=str(pki.ca_file))
+            with (
+                socket.create_connection(("127.0.0.1", port)) as raw,
+                ctx.wrap_socket(raw, server_hostname="a.test") as s,
+            ):
+                s.sendall(b"ping")
+                got.append(s.recv(100))
+
+        t = threading.Thread(target=client)
+        t.start()
+        deadline = time.monotonic() + 5
+        while not (made and made[0].data == b"ping"):
+            assert time.monotonic() < deadline
+            _turns(reactor, 0.05)
+        made[0].transport.write(b"pong")
+        while t.is_alive():
+            assert time.monotonic() < deadline
+            _turns(reactor, 0.05)
+        assert got == [b"pong"]
+        assert made[0].events[:2] == ["made", "handshake"]
+    finally:
+        listener.stopListening()
+
+
+# --- connecting ----------------------------------------------------------------------------
+
+
+class _Failed(ClientFactory):
+    def __init__(self) -> None:
+        self.failures: list[Failure] = []
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.failures.append(reason)
+
+
+def test_connect_refused_and_timeout_reach_the_factory() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    reactor = MemoryReactorClock()
+    factory = _Failed()
+    connect_tls(reactor, "127.0.0.1", free, factory, 5.0, lambda s: None)  # type: ignore[arg-type]
+    _turns(reactor)
+    assert factory.failures and factory.failures[0].check(ConnectionRefusedError)
+
+    reactor = MemoryReactorClock()
+    factory = _Failed()
+    connect_tls(reactor, "10.255.255.1", 9, factory, 0.01, lambda s: None)  # type: ignore[arg-type]
+    reactor.advance(1.0)
+    assert factory.failures and factory.failures[0].check(ConnectTimeoutError)
+
+
+@implementer(IHostResolution)
+class Resolution:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def cancel(self) -> None:
+        raise NotImplementedError
+
+
+@implementer(IHostnameResolver)
+class HostsResolver:
+    """Resolves from a table, at once (as a hosts file would); an unknown name has no
+    addresses, and a name mapped to None never completes."""
+
+    def __init__(self, table: dict[str, list[str] | None]) -> None:
+        self.table = table
+        self.pending: list[IResolutionReceiver] = []
+
+    def resolveHostName(
+        self,
+        resolutionReceiver: IResolutionReceiver,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Sequence[type[IAddress]] | None = None,
+        transportSemantics: str = "TCP",
+    ) -> IHostResolution:
+        resolution = Resolution(hostName)
+        resolutionReceiver.resolutionBegan(resolution)
+        found = self.table.get(hostName, [])
+        if found is None:
+            self.pending.append(resolutionReceiver)
+            return resolution
+        for host in found:
+            cls = IPv6Address if ":" in host else IPv4Address
+            resolutionReceiver.addressResolved(cls("TCP", host, portNumber))
+        resolutionReceiver.resolutionComplete()
+        return resolution
+
+
+class _Built(_Failed):
+    def __init__(self) -> None:
+        super().__init__()
+        self.built: list[Any] = []
+
+    def buildProtocol(self, addr: Any) -> Wrapped:
+        self.built.append(addr)
+        return Wrapped()
+
+
+def _resolving_reactor(table: dict[str, list[str] | None]) -> MemoryReactorClock:
+    reactor = MemoryReactorClock()
+    resolver = HostsResolver(table)
+    assert verifyObject(IHostnameResolver, resolver)
+    reactor.installNameResolver(resolver)
+    return reactor
+
+
+def _client_tls(sock: socket.socket) -> SSL.Connection:
+    return SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), sock)
+
+
+def test_a_name_is_resolved_on_the_reactor_and_its_addresses_tried_in_order() -> None:
+    """The first address fails (nothing listens on ::1), the next takes the connection."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        reactor = _resolving_reactor({"origin.test": ["::1", "127.0.0.1"]})
+        factory = _Built()
+        connect_tls(reactor, "origin.test", port, factory, 5.0, _client_tls)
+        _turns(reactor)
+        assert factory.failures == []
+        assert [(a.type, a.host, a.port) for a in factory.built] == [("TCP", "127.0.0.1", port)]
+
+
+def test_when_every_address_fails_the_last_ones_error_is_reported() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    reactor = _resolving_reactor({"origin.test": ["::1", "127.0.0.1"]})
+    factory = _Built()
+    connect_tls(reactor, "origin.test", closed, factory, 5.0, _client_tls)
+    _turns(reactor)
+    assert factory.built == []
+    (failure,) = factory.failures
+    assert failure.check(ConnectionRefusedError)
+
+
+def test_a_name_without_addresses_fails_as_twisted_tcp_says_it_in_a_later_turn() -> None:
+    reactor = _resolving_reactor({})
+    factory = _Built()
+    connect_tls(reactor, "nowhere.test", 443, factory, 5.0, _client_tls)
+    assert factory.failures == []  # never inside the call that started the connect
+    reactor.advance(0)
+    (failure,) = factory.failures
+    assert failure.check(DNSLookupError)
+    assert str(failure.value) == "DNS lookup failed: nowhere.test."
+    err = connect_failure(failure.value, 5.0)
+    assert (err.code, err.detail) == (
+        ErrorCode.ORIGIN_CONNECT_FAILED,
+        "TCP connect failed: DNS lookup failed (DNS lookup failed: nowhere.test.)",
+    )
+
+
+def test_the_connect_timeout_covers_the_name_resolution() -> None:
+    reactor = _resolving_reactor({"slow.test": None})
+    factory = _Built()
+    connect_tls(reactor, "slow.test", 443, factory, 3.0, _client_tls)
+    reactor.advance(2.9)
+    assert factory.failures == []
+    reactor.advance(0.2)
+    (failure,) = factory.failures
+    assert failure.check(ConnectTimeoutError)
+    (late,) = reactor.nameResolver.pending
+    late.addressResolved(IPv4Address("TCP", "127.0.0.1", 443))
+    late.resolutionComplete()  # too late: ignored
+    assert factory.built == [] and len(factory.failures) == 1

@@ -70,9 +70,9 @@ from edgenode.control.signals import Signals
 from edgenode.control.statefile import WorkerState, read_state
 from edgenode.control.supervisor import Workers, bind_listeners
 from edgenode.control.worker import (
-    LISTEN_TLS_FD,
     ControlChannel,
     adopt_listener,
+    adopt_tls_listener,
     open_control_channel,
 )
 from edgenode.datapath.monitor import Monitor
@@ -287,21 +287,15 @@ def listen(
         failures[0].raiseException()
 
 
-def socket_tls_enabled() -> bool:
-    """TLS on the socket itself on both sides of the data path (socktls.py, PROTOTYPE of
-    issue 16); `EDGENODE_SOCKET_TLS=0` goes back to memory BIOs over Twisted's TCP."""
-    return os.environ.get("EDGENODE_SOCKET_TLS", "1") != "0"
-
-
-def listen_tls_socket(data: DataPath, description: str, ports: list[IListeningPort]) -> None:
-    """The HTTPS listener on our own listening socket (socktls.py): bound here, a failure to
-    bind raises as Twisted's listenTCP would."""
+def listen_tls(data: DataPath, description: str, ports: list[IListeningPort]) -> None:
+    """The HTTPS listener (SPEC §8) on a socket bound here (the TLS transport accepts on it
+    itself, tlstransport.py), added to `ports`; a failure to bind raises as `listen` does."""
     endpoint = parse_server_endpoint(description)
     try:
         (sock,) = bind_listeners(endpoint, 1, share="inherit")
     except OSError as e:
         raise CannotListenError(endpoint.interface, endpoint.port, e) from None
-    ports.append(data.listen_tls(sock))  # type: ignore[arg-type]
+    ports.append(data.listen_tls(sock))
 
 
 def https_note(config: Config) -> str:
@@ -380,13 +374,7 @@ class EdgeService(service.Service):
 
     def privilegedStartService(self) -> None:
         config = self.config
-        self.data = DataPath(
-            config,
-            self.reactor,
-            process="single",
-            generation=1,
-            socket_tls=socket_tls_enabled(),
-        )
+        self.data = DataPath(config, self.reactor, process="single", generation=1)
         source, target = reload_pieces(
             ConfigFile(config.source, self.overrides), self.data, self.cluster
         )
@@ -403,10 +391,7 @@ class EdgeService(service.Service):
         )
         listen(self.reactor, config.listen, self.data.factory, self.ports)
         if config.listen_tls is not None:
-            if self.data.socket_tls:
-                listen_tls_socket(self.data, config.listen_tls, self.ports)
-            else:
-                listen(self.reactor, config.listen_tls, self.data.tls_factory, self.ports)
+            listen_tls(self.data, config.listen_tls, self.ports)
         listen(self.reactor, config.admin.listen, admin, self.ports)
         super().privilegedStartService()
 
@@ -463,28 +448,15 @@ class WorkerService(service.Service):
 
     def privilegedStartService(self) -> None:
         self.data = DataPath(
-            self.config,
-            self.reactor,
-            process="worker",
-            generation=self.state.generation,
-            socket_tls=socket_tls_enabled(),
+            self.config, self.reactor, process="worker", generation=self.state.generation
         )
         self.reloader = Reloader(
             self.data.holder, self.data.monitor, StateFile(self.state_path), self.data
         )
         self.ports.append(adopt_listener(self.reactor, self.state.family, self.data.factory))
         if self.state.tls_family is not None:
-            if self.data.socket_tls:
-                os.set_blocking(LISTEN_TLS_FD, False)
-                sock = socket.socket(
-                    self.state.tls_family, socket.SOCK_STREAM, fileno=LISTEN_TLS_FD
-                )
-                self.ports.append(self.data.listen_tls(sock))  # type: ignore[arg-type]
-            else:
-                tls_port = adopt_listener(
-                    self.reactor, self.state.tls_family, self.data.tls_factory, LISTEN_TLS_FD
-                )
-                self.ports.append(tls_port)
+            sock = adopt_tls_listener(self.state.tls_family)
+            self.ports.append(self.data.listen_tls(sock))
         super().privilegedStartService()
 
     def startService(self) -> None:

@@ -23,8 +23,7 @@ from edgenode.datapath.health import Health
 from edgenode.datapath.monitor import Monitor, Process
 from edgenode.datapath.pool import OriginPool
 from edgenode.datapath.proxy import Proxy
-from edgenode.datapath.socktls import TLSListener
-from edgenode.datapath.tlstransport import ClientTLSFactory
+from edgenode.datapath.tlstransport import TLSListener
 from edgenode.reactors import IEdgeReactor
 from edgenode.routes import OriginRoute
 from edgenode.runtime import Runtime, RuntimeHolder, build_runtime
@@ -48,17 +47,13 @@ class DataPath:
         process: Process,
         generation: int,
         access_log: AccessLog | None = None,
-        socket_tls: bool = False,
     ) -> None:
         self.reactor = reactor
-        # TLS on the socket itself (socktls.py) on both sides; a real reactor only.
-        self.socket_tls = socket_tls
         self.holder = RuntimeHolder(build_runtime(config, generation=generation))
         self.pool = OriginPool(
             reactor,
             max_per_server=config.limits.origin_max_connections,
             queue_timeout=config.limits.origin_queue_timeout,
-            socket_tls=socket_tls,
         )
         # The config's access log, unless the caller brings one (a test keeps the records).
         self.access_log = AccessLog(config.access_log) if access_log is None else access_log
@@ -70,20 +65,19 @@ class DataPath:
             self.holder, self.pool, self.access_log, reactor, self.monitor, self.health
         )
         self.factory = DownstreamFactory(self.proxy, config.limits, reactor)
-        # The HTTPS listener's (SPEC §8): the same client protocol, under TLS.
-        self.tls_factory = ClientTLSFactory(self._new_client_tls, self.factory.build_tls_protocol)
         self._server_tls: ServerTLS | None = self.holder.current.server_tls
 
     def listen_tls(self, sock: socket.socket) -> TLSListener:
-        """The HTTPS listener on a bound, listening socket, with TLS on each accepted socket
-        (socktls.py): the same client protocol and certificates as `tls_factory`."""
+        """The HTTPS listener (SPEC §8) on a bound, listening socket: the same client
+        protocol as `factory`, under TLS on each accepted socket, on the running
+        certificates."""
         listener = TLSListener(
             self.reactor, sock, self._new_client_tls, self.factory.build_tls_protocol
         )
         listener.startListening()
         return listener
 
-    def _new_client_tls(self, sock: socket.socket | None = None) -> SSL.Connection:
+    def _new_client_tls(self, sock: socket.socket) -> SSL.Connection:
         """A connection on the running certificates, read per accept: a reload's apply to
         the next handshake. A reload that drops every certificate keeps the last ones for a
         listener that is still open (it goes away at the restart the reload asks for)."""

@@ -71,6 +71,13 @@ def adopt_listener(
         os.close(fd)  # the port holds its own duplicate
 
 
+def adopt_tls_listener(family: socket.AddressFamily) -> socket.socket:
+    """A worker's HTTPS listener: the socket the supervisor passed as LISTEN_TLS_FD, which
+    the TLS transport accepts on itself (tlstransport.TLSListener)."""
+    os.set_blocking(LISTEN_TLS_FD, False)  # as adopt_listener
+    return socket.socket(family, socket.SOCK_STREAM, fileno=LISTEN_TLS_FD)
+
+
 # --- The worker's end of the control channel -------------------------------------------------
 
 

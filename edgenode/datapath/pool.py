@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import attrs
-from twisted.internet.protocol import ClientFactory
 from twisted.internet.task import LoopingCall
 
-from edgenode.datapath import socktls
-from edgenode.datapath.tlstransport import OriginTLSFactory
+from edgenode.datapath.tlstransport import connect_tls
 from edgenode.datapath.upstream import (
     BUSY,
     CLOSED,
@@ -57,16 +54,10 @@ class OriginPool:
         max_per_server: int,
         queue_timeout: float,
         connect_timeout: Callable[[OriginRoute], float] | None = None,
-        socket_tls: bool = False,
-        connect_tls: ConnectTLS | None = None,
+        connect_tls: ConnectTLS = connect_tls,
     ) -> None:
         self.reactor = reactor
-        # TLS origins: pyOpenSSL on the socket (socktls.py), not memory BIOs over Twisted's
-        # TCP transport. Needs a reactor with real descriptors.
-        self.socket_tls = socket_tls
-        self.connect_tls: ConnectTLS = connect_tls or (
-            socktls.connect_tls if socket_tls else _connect_tls_bio
-        )
+        self.connect_tls = connect_tls  # TLS origins: tlstransport's, on a socket of its own
         self.clock = reactor
         self.max_per_server = max_per_server
         self.queue_timeout = queue_timeout
@@ -270,19 +261,6 @@ class OriginPool:
             for conn in conns:
                 counts[conn.route.server] += 1
         return dict(counts)
-
-
-def _connect_tls_bio(
-    reactor: IOriginReactor,
-    host: str,
-    port: int,
-    factory: ClientFactory,
-    timeout: float,
-    new_connection: Callable[[Any], Any],
-) -> object:
-    """TLS on memory BIOs over Twisted's TCP transport (EDGENODE_SOCKET_TLS=0)."""
-    tls_factory = OriginTLSFactory(partial(new_connection, None), factory)
-    return reactor.connectTCP(host, port, tls_factory, timeout=timeout)
 
 
 def _noop() -> None:

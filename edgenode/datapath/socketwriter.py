@@ -3,8 +3,9 @@
 Twisted's `write()` only buffers: it registers a writer and sends in the next reactor
 round (an epoll_ctl to add it, a doWrite, an epoll_ctl to remove it). What the edge writes
 per request (a response, a request head) nearly always fits the socket buffer, so a
-`SocketWriter` sends it at once. Both sides of the data path write through one: the
-client connection (downstream.py) and the origin TLS transport (tlstransport.py).
+`SocketWriter` sends it at once. The client connection writes through one
+(downstream.py); TLS connections, on both sides, write through the TLS transport
+(tlstransport.py), which sends at once itself and whose handle is no socket.
 
 Invariants:
 - Order. Once the socket takes less than it was offered, the rest and every later write
@@ -35,15 +36,21 @@ HIGH_WATER = 65536  # bytes handed to the transport before the paced producer wa
 
 
 def tcp_socket(transport: Any) -> socket.socket | None:
-    """The TCP socket behind `transport`, with TCP_NODELAY set (each side writes whole
-    messages, so Nagle's delay only adds latency); None for anything else, TLS included:
-    a TLS transport's handle is its SSL.Connection (tlstransport.py)."""
+    """The TCP socket behind `transport`, with TCP_NODELAY set; None for anything else, TLS
+    included: the TLS transport's handle is its SSL.Connection (tlstransport.py)."""
     handle = getattr(transport, "getHandle", None)
     sock = handle() if handle is not None else None
     if not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return None
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    set_nodelay(sock)
     return sock
+
+
+def set_nodelay(sock: socket.socket) -> None:
+    """TCP_NODELAY on a TCP socket: each side writes whole messages, so Nagle's delay only
+    adds latency. The one place it is set, for every connection of the data path."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class SocketWriter:

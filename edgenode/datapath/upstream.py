@@ -30,7 +30,7 @@ from edgenode.datapath.headers import (
     Headers,
 )
 from edgenode.datapath.socketwriter import tcp_socket
-from edgenode.datapath.socktls import connect_tls
+from edgenode.datapath.tlstransport import connect_tls
 from edgenode.datapath.transport import StreamTransport
 from edgenode.errors import ErrorCode, OriginError
 from edgenode.reactors import IOriginReactor
@@ -140,7 +140,7 @@ class UpstreamConnection(TwistedProtocol):
             )
             self._handshake_started = now
         else:
-            tcp_socket(self.transport)  # a TLS transport's own SocketWriter does it
+            tcp_socket(self.transport)  # TCP_NODELAY (the TLS transport sets its own)
             self._became_ready()
 
     def handshakeCompleted(self) -> None:
@@ -465,8 +465,8 @@ class OneConnectionFactory(ClientFactory):
 
 
 class ConnectTLS(Protocol):
-    """How a TLS origin connection is opened (tlstransport's `connect_tls`; tests bring a
-    recording one, as MemoryReactor records connectTCP)."""
+    """How a TLS origin connection is opened: tlstransport's `connect_tls` (tests on a
+    MemoryReactorClock bring one that records the connect, as it records connectTCP)."""
 
     def __call__(
         self,

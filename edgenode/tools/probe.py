@@ -31,7 +31,7 @@ from zope.interface import implementer
 
 from edgenode.config import Config, Domain, load_config
 from edgenode.control.cluster import ClusterStartError, read_start
-from edgenode.datapath.socktls import connect_tls
+from edgenode.datapath.tlstransport import connect_tls
 from edgenode.datapath.transport import StreamTransport
 from edgenode.datapath.upstream import OneConnectionFactory, setup_failure
 from edgenode.errors import ConfigError, ErrorCode, OriginError
