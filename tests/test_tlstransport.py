@@ -902,3 +902,23 @@ def test_the_connect_timeout_covers_the_name_resolution() -> None:
     late.addressResolved(IPv4Address("TCP", "127.0.0.1", 443))
     late.resolutionComplete()  # too late: ignored
     assert factory.built == [] and len(factory.failures) == 1
+
+
+def test_a_stale_event_does_not_end_a_connect_still_going() -> None:
+    """The reactor finds a descriptor by number: an event of an earlier socket with the same
+    number (read, write or hang-up) can reach the connector while its connect is still
+    going; it changes nothing, and the connect goes on (here, to its timeout)."""
+    reactor = MemoryReactorClock()
+    factory = _Built()
+    connector = connect_tls(reactor, "10.255.255.1", 9, factory, 5.0, _client_tls)
+    assert connector in reactor.writers  # still connecting (nothing answers there)
+    connector.doRead()
+    connector.doWrite()
+    reactor.removeWriter(connector)  # what the reactor does before connectionLost
+    connector.connectionLost(Failure(ConnectionLost()))
+    assert factory.failures == [] and factory.built == []
+    assert connector in reactor.writers  # registered again
+    reactor.advance(5.0)
+    (failure,) = factory.failures
+    assert failure.check(ConnectTimeoutError)
+    assert connector not in reactor.writers

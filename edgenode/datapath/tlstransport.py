@@ -85,7 +85,6 @@ from twisted.internet.interfaces import (
     IResolutionReceiver,
     ISystemHandle,
     ITransport,
-    IWriteDescriptor,
 )
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -607,7 +606,7 @@ def _represents_eof(exc: BaseException) -> bool:
 # -- connecting (the origin side) ------------------------------------------------------
 
 
-@implementer(IWriteDescriptor, IResolutionReceiver, ILoggingContext)
+@implementer(IReadWriteDescriptor, IResolutionReceiver, ILoggingContext)
 class _Connector:
     """One TCP connect for a TLS origin, as Twisted's TCP client makes it: a literal
     address, or a name resolved on the reactor's resolver (IPv4, as `reactor.resolve`)
@@ -635,6 +634,7 @@ class _Connector:
         self._writing = False
         self._addresses: list[str] = []  # resolved, not tried yet
         self.socket: socket.socket | None = None
+        self._target: tuple[str, int] = (host, port)  # this attempt's address
         self._fd = -1
 
     def connect(self) -> None:
@@ -679,8 +679,9 @@ class _Connector:
         sock.setblocking(False)
         self.socket = sock
         self._fd = sock.fileno()
+        self._target = (address, self.port)
         try:
-            code = sock.connect_ex((address, self.port))
+            code = sock.connect_ex(self._target)
         except OSError as e:
             self._attempt_failed(neterror.ConnectError(string=str(e)))
             return
@@ -701,26 +702,46 @@ class _Connector:
         return "TLSConnector"
 
     def doWrite(self) -> None:
-        assert self.socket is not None
-        code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code:
-            self._attempt_failed(_connect_error(code))
-        else:
-            self._connected()
+        self._check()
+        return None
+
+    def doRead(self) -> None:
+        """Only a writer is registered, but an event of an earlier socket that had the same
+        number may still come (the reactor looks its descriptor up by number)."""
+        self._check()
         return None
 
     def connectionLost(self, reason: Failure) -> None:
         """The reactor saw the socket hang up (epoll: ERR|HUP without IN for a refused
-        connect, as only the writer is registered): the socket's error says why."""
-        if self._done or self.socket is None:
+        connect, as only the writer is registered) and unregistered it: the socket says why,
+        or that it is still connecting (the event was an earlier socket's)."""
+        self._writing = False
+        sock = self.socket
+        if self._done or sock is None:
             return
-        try:
-            code = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        except OSError:
-            code = 0
-        self._attempt_failed(
-            _connect_error(code) if code else neterror.ConnectError(string=str(reason.value))
-        )
+        self._check()
+        if self.socket is sock and not self._done and not self._writing:
+            self._writing = True
+            self.reactor.addWriter(self)
+
+    def _check(self) -> None:
+        """Whether this attempt's connect finished, as Twisted's TCP client asks (doConnect):
+        the socket's error, else connect_ex again (EISCONN once connected). Any event may be
+        a stale one, so one that finds the connect still going changes nothing."""
+        sock = self.socket
+        if self._done or sock is None:
+            return
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if not code:
+            code = sock.connect_ex(self._target)
+            if code in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):
+                return  # not yet
+            if code == errno.EISCONN:
+                code = 0
+        if code:
+            self._attempt_failed(_connect_error(code))
+        else:
+            self._connected()
 
     def _stop_writing(self) -> None:
         if self._writing:
@@ -739,6 +760,16 @@ class _Connector:
         last address's, as HostnameEndpoint reports)."""
         self._close_socket()
         if self._addresses and not self._done:
+            # In a later turn: the reactor may still hold an event of the closed socket
+            # (doWrite after doRead), which must not reach the next attempt's socket.
+            self.reactor.callLater(0, self._next_attempt, exc)
+        else:
+            self._failed(exc)
+
+    def _next_attempt(self, exc: BaseException) -> None:
+        if self._done:
+            return
+        if self._addresses:
             self._attempt(self._addresses.pop(0))
         else:
             self._failed(exc)

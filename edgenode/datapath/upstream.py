@@ -466,7 +466,9 @@ class OneConnectionFactory(ClientFactory):
 
 class ConnectTLS(Protocol):
     """How a TLS origin connection is opened: tlstransport's `connect_tls` (tests on a
-    MemoryReactorClock bring one that records the connect, as it records connectTCP)."""
+    MemoryReactorClock bring one that records the connect, as it records connectTCP). As
+    with connectTCP, a failure never reaches the factory inside the call: the pool hands
+    the connection its waiter after it."""
 
     def __call__(
         self,
