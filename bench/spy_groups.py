@@ -7,8 +7,9 @@ Take the profile while bench/run.py keeps the edge busy (one edge, long enough t
         -p "$(pgrep -f 'edgenode --config' | head -1)"
     python3 bench/spy_groups.py /tmp/edge.spy
 
-Each sample is charged to one layer: `system calls` when the innermost frame is in libc
-(send, recv, epoll_wait: the process waits on the kernel there), else the package of the
+Each sample is charged to one layer: `system calls` when the innermost frame is one of
+libc's system-call wrappers (send, recv, epoll_wait: the process is in the kernel there),
+`libc` for the rest of libc (malloc, memcpy), else the package of the
 innermost Python frame (`edgenode` for our modules and their compiled twins, `twisted`,
 `OpenSSL` for pyOpenSSL and the cffi calls it makes, ...). C code called from Python
 (llhttp, orjson, OpenSSL's crypto) is charged to the Python frame that called it. py-spy
@@ -24,12 +25,18 @@ from collections import Counter
 
 _PY_FRAME = re.compile(r"(?P<function>.*) \((?P<path>[^()]*\.pyx?):\d+\)$")
 _LIBC = re.compile(r"\((libc|libpthread)[^)]*\)$")
+# libc's system-call wrappers; any other libc frame is its own work (malloc, memcpy).
+_SYSCALLS = frozenset(
+    {"send", "sendto", "sendmsg", "recv", "recvfrom", "recvmsg", "read", "write", "writev",
+     "epoll_wait", "epoll_ctl", "brk", "mmap", "munmap", "close", "accept4", "connect"}
+)  # fmt: skip
 
 
 def layer_of(frames: list[str]) -> tuple[str, str]:
     """(layer, function) that one sample's stack is charged to."""
     if _LIBC.search(frames[-1]):
-        return "system calls", frames[-1].split(" (")[0]
+        function = frames[-1].split(" (")[0]
+        return ("system calls" if function in _SYSCALLS else "libc"), function
     for frame in reversed(frames):
         found = _PY_FRAME.match(frame)
         if found:
