@@ -304,6 +304,14 @@ def wait_until(
     raise BenchError(f"{what} not ready after {timeout:.0f} s")
 
 
+def wait_listening(
+    proc: subprocess.Popen[bytes], ports: Sequence[int], timeout: float, what: str
+) -> None:
+    """Wait until each of `ports` accepts a connection, while `proc` lives."""
+    for port in ports:
+        wait_until(lambda port=port: port_open(port), lambda: proc.poll() is None, timeout, what)
+
+
 def port_open(port: int) -> bool:
     try:
         with socket.create_connection((LOOPBACK, port), timeout=1):
@@ -717,13 +725,7 @@ class Bench:
             ]
             proc = self.procs.spawn(cmd, output, self.tmp)
             try:
-                for listening in (port, *more):
-                    wait_until(
-                        lambda listening=listening: port_open(listening),
-                        lambda proc=proc: proc.poll() is None,
-                        10,
-                        f"nginx {name}",
-                    )
+                wait_listening(proc, (port, *more), 10, f"nginx {name}")
                 return Running(name, proc, port, [error_log, output], tls_port=tls_port)
             except BenchError as exc:
                 self.procs.stop(proc)
@@ -956,15 +958,9 @@ class Bench:
                     30,
                     kind,
                 )
-                for listening, what in ((port, "listener"), (tls_port, "HTTPS listener")):
-                    if listening is None:
-                        continue
-                    wait_until(
-                        lambda listening=listening: port_open(listening),
-                        lambda proc=proc: proc.poll() is None,
-                        10,
-                        f"{kind} {what}",
-                    )
+                wait_listening(proc, (port,), 10, f"{kind} listener")
+                if tls_port is not None:
+                    wait_listening(proc, (tls_port,), 10, f"{kind} HTTPS listener")
                 self.check_provenance(kind, output, out_mark)
                 self.check_data_path(kind, twistd_log, mark)
                 return Running(
@@ -1018,13 +1014,7 @@ class Bench:
             mark = output.stat().st_size if output.exists() else 0
             proc = self.procs.spawn(cmd, output, self.tmp)
             try:
-                for listening in (port, *more):
-                    wait_until(
-                        lambda listening=listening: port_open(listening),
-                        lambda proc=proc: proc.poll() is None,
-                        30,
-                        "aiohttp peer",
-                    )
+                wait_listening(proc, (port, *more), 30, "aiohttp peer")
                 return Running(
                     "aiohttp",
                     proc,
