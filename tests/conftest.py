@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support.edge import EdgeProcess
-from tests.support.nginx import NginxOrigin
+from tests.support.nginx import NginxOrigin, running_nginx
 from tests.support.origin import (
     Servers,
     TLSOrigin,
@@ -71,13 +71,8 @@ def origin(servers: Servers, pki: PKI) -> TLSOrigin:
 @pytest.fixture(scope="module")
 def nginx_origin(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxOrigin]:
     """A real nginx with server blocks for a.test and b.test; no or unknown SNI is rejected."""
-    try:
-        nginx = NginxOrigin(pki, tmp_path_factory.mktemp("nginx"))
-    except RuntimeError as exc:  # not installed: fail loudly, never skip
-        pytest.fail(str(exc), pytrace=False)
-    nginx.start()
-    yield nginx
-    nginx.stop()
+    with running_nginx(pki, tmp_path_factory.mktemp("nginx")) as nginx:
+        yield nginx
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from tests.support.mtls_origin import (
     domain,
     edge_config,
 )
-from tests.support.nginx import NginxOrigin
+from tests.support.nginx import NginxOrigin, running_nginx
 from tests.support.pki import PKI
 from tests.support.waiting import wait_until
 
@@ -68,15 +68,9 @@ def mtls_nginx(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     """nginx with a.test (no client certificate asked) and mtls.test (`ssl_verify_client on`)."""
     cert, key = pki.write(pki.leaf("mtls.test"), "nginx-mtls.test")
     block = _MTLS_BLOCK.format(cert=cert, key=key, ca=pki.ca_file)
-    try:
-        nginx = NginxOrigin(
-            pki, tmp_path_factory.mktemp("nginx-mtls"), names=("a.test",), extra_server_blocks=block
-        )
-    except RuntimeError as exc:  # not installed: fail loudly, never skip
-        pytest.fail(str(exc), pytrace=False)
-    nginx.start()
-    yield nginx
-    nginx.stop()
+    directory = tmp_path_factory.mktemp("nginx-mtls")
+    with running_nginx(pki, directory, names=("a.test",), extra_server_blocks=block) as nginx:
+        yield nginx
 
 
 @pytest.fixture

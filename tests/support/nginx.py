@@ -6,8 +6,11 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from . import processes
 from .net import LOOPBACK, free_port, wait_for_port
@@ -249,3 +252,18 @@ class NginxOrigin:
             return (self.dir / "nginx.out").read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+
+@contextlib.contextmanager
+def running_nginx(pki: PKI, tmpdir: Path, **options: Any) -> Iterator[NginxOrigin]:
+    """A started NginxOrigin (`options` as its constructor takes them), stopped on exit.
+    No nginx installed fails the test loudly: it is never skipped."""
+    try:
+        nginx = NginxOrigin(pki, tmpdir, **options)
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    nginx.start()
+    try:
+        yield nginx
+    finally:
+        nginx.stop()
