@@ -109,10 +109,3 @@ def client_response_lines(list headers):
         lines.append(b"X-Forwarded-For: " + xff)
     lines.append(b"Via: " + _merged(via, VIA_VALUE))
     return lines
-
-
-def message_head(bytes start_line, list lines):
-    cdef list parts = [start_line]
-    parts.extend(lines)
-    parts.append(b"\r\n")
-    return b"\r\n".join(parts)

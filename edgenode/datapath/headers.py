@@ -234,4 +234,3 @@ if _compiled is not None:
     scan_request = _compiled.scan_request
     origin_request_head = _compiled.origin_request_head
     client_response_lines = _compiled.client_response_lines
-    message_head = _compiled.message_head
